@@ -1,0 +1,63 @@
+"""Rich progress bars with rate and ETA, shared by every stage."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task):
+        self._progress, self._task = progress, task
+
+    def advance(self, n: float) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def note(self, text: str) -> None:
+        """Show live metrics (L0, R², ...) after the bar."""
+        if self._progress is not None:
+            self._progress.update(self._task, note=text)
+
+
+class _Rate(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="cyan")
+
+
+@contextmanager
+def progress_bar(label: str, total: float, unit: str = "tok", quiet: bool = False):
+    if quiet:
+        yield _Bar(None, None)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total, note="")
+        yield _Bar(progress, task)

@@ -1,0 +1,356 @@
+"""The activation store: one hookpoint's activations in a Zarr v3 group (format in docs/FORMATS.md).
+
+Layout: ``<split>/{acts,token_ids,positions,sequence_ids}`` for the splits ``train`` and ``eval``,
+uncompressed chunks; root attributes hold the producer's metadata, the config hash and ``commit``,
+the last committed state. Appends are written beyond the committed rows and become visible only when
+``commit()`` rewrites the root attributes (Zarr writes each file atomically), so a process killed at
+any instant leaves a store that reopens at its last commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from sagsae_cli.errors import SagsaeError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "eval")
+# store dtype -> (dtype on disk, torch dtype). bfloat16 is kept as its raw uint16 bits.
+DTYPES = {
+    "float32": ("float32", torch.float32),
+    "float16": ("float16", torch.float16),
+    "bfloat16": ("uint16", torch.bfloat16),
+}
+INDEX_ARRAYS = {"token_ids": "int32", "positions": "int32", "sequence_ids": "int64"}
+FLOAT16_MAX = 65504.0
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_chunk_rows(d: int, itemsize: int, target_bytes: int = 8 << 20) -> int:
+    rows = max(1, target_bytes // (d * itemsize))
+    return int(min(65536, max(256, 2 ** int(math.log2(rows)))))
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise SagsaeError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+
+
+def to_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
+    """Rows as read from disk -> float32 tensor."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(np.ascontiguousarray(raw)).float()
+
+
+def to_disk(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
+    """Float rows -> the array stored on disk, refusing NaN, inf and float16 overflow."""
+    t = torch.as_tensor(x).detach().to("cpu")
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).any(dim=-1).nonzero()[0, 0])
+        raise SagsaeError(
+            f"activations contain NaN or inf (first at row {bad} of the batch): "
+            "check the model's dtype (try --model-dtype float32) and the input data"
+        )
+    if dtype == "float16" and t.numel() and float(t.abs().max()) > FLOAT16_MAX:
+        raise SagsaeError(
+            f"activation magnitude {float(t.abs().max()):.3g} exceeds float16's range (65504): "
+            "use --dtype bfloat16 or --dtype float32"
+        )
+    t = t.to(DTYPES[dtype][1]).contiguous()
+    if dtype == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+class ActivationStore:
+    """Read access to a committed store. Only rows up to the last commit are visible."""
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SagsaeError(f"no activation store at {self.path}: run `sagsae harvest` first")
+        try:
+            self.group = zarr.open_group(str(self.path), mode=mode)
+            attrs = self.group.attrs.asdict()
+        except Exception as e:  # zarr raises several types for a missing or garbled zarr.json
+            raise SagsaeError(f"{self.path} is not a readable sagsae activation store ({e})") from None
+        if attrs.get("sagsae_store") != FORMAT_VERSION:
+            raise SagsaeError(f"{self.path} is not a sagsae activation store (no sagsae_store attribute)")
+        self.attrs = attrs
+        self.d: int = attrs["d"]
+        self.dtype: str = attrs["dtype"]
+        self.meta: dict = attrs.get("meta", {})
+        self.commit_state: dict = attrs["commit"]
+
+    # --- metadata -----------------------------------------------------------------------
+    def rows(self, split: str) -> int:
+        _check_split(split)
+        return int(self.commit_state["rows"][split])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.commit_state.get("complete", False))
+
+    @property
+    def norm_factor(self) -> float:
+        """Scalar s with E||x / s||^2 = 1 over the committed train rows (1.0 for an empty store)."""
+        n = self.rows("train")
+        return math.sqrt(self.commit_state["sum_sq"] / n) if n else 1.0
+
+    def array(self, split: str, name: str = "acts"):
+        _check_split(split)
+        return self.group[f"{split}/{name}"]
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.array("train").chunks[0])
+
+    def truth(self) -> dict[str, np.ndarray] | None:
+        """Synthetic ground truth (unit axes and which are paired), or None for LM stores."""
+        if "truth" not in self.group:
+            return None
+        return {k: self.group[f"truth/{k}"][:] for k in ("axes", "paired")}
+
+    # --- data -----------------------------------------------------------------------------
+    def read(self, split: str, start: int, stop: int, normalise: bool = False) -> torch.Tensor:
+        """Rows [start, stop) of a split as float32 (divided by the norm factor if normalise)."""
+        stop = min(stop, self.rows(split))
+        try:
+            x = to_torch(self.array(split)[start:stop], self.dtype)
+        except SagsaeError:
+            raise
+        except Exception as e:
+            raise SagsaeError(
+                f"store {self.path} is corrupt: rows {start}:{stop} of {split} are unreadable ({e}); "
+                "re-create it with `sagsae harvest ... --force`"
+            ) from None
+        return x / self.norm_factor if normalise else x
+
+    def read_index(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        return self.array(split, name)[start : min(stop, self.rows(split))]
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "d": self.d,
+            "dtype": self.dtype,
+            "train rows": self.rows("train"),
+            "eval rows": self.rows("eval"),
+            "complete": self.complete,
+            "norm factor": self.norm_factor,
+            "chunk rows": self.chunk_rows,
+            "disk bytes": self.disk_bytes(),
+            "config hash": self.attrs.get("config_hash"),
+            **{f"meta.{k}": v for k, v in self.meta.items()},
+        }
+
+
+def open_store(path: str | Path) -> ActivationStore:
+    return ActivationStore(path)
+
+
+class StoreWriter:
+    """Create or resume a store, append rows, commit. Holds an exclusive lock while open.
+
+    ``config`` is what produced the data (model, hook, dataset, seed, ...): reopening with another
+    config is refused unless ``force``, which starts over. ``cursor`` is the producer's own resume
+    state, saved with each commit and returned on reopen.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        d: int,
+        dtype: str,
+        config: dict,
+        meta: dict | None = None,
+        force: bool = False,
+        chunk_rows: int | None = None,
+    ):
+        if dtype not in DTYPES:
+            raise SagsaeError(f"unknown store dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        self.path = Path(path)
+        self.dtype, self.d = dtype, int(d)
+        self.hash = config_hash(config)
+        self._lock_fd = None
+        self._pending: dict[str, int] = {}  # rows appended since the last commit, per split
+        self._pending_sum_sq = 0.0
+        if self.path.exists() and force:
+            self._remove_existing()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            if (self.path / "zarr.json").exists():
+                self._resume(force)
+            else:
+                if any(p.name != ".lock" for p in self.path.iterdir()):
+                    raise SagsaeError(
+                        f"{self.path} exists and is not an activation store: choose another --out"
+                    )
+                self._create(config, meta or {}, chunk_rows)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _remove_existing(self) -> None:
+        if (self.path / "zarr.json").exists() or not any(self.path.iterdir()):
+            self._lock()  # never delete a store another process is writing
+            self.close()
+            trash = self.path.with_name(f".{self.path.name}.deleting-{os.getpid()}")
+            os.rename(self.path, trash)
+            shutil.rmtree(trash)
+        else:
+            raise SagsaeError(f"{self.path} exists and is not an activation store: refusing to delete it")
+
+    def _lock(self) -> None:
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SagsaeError(
+                f"another process is writing {self.path}: wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _create(self, config: dict, meta: dict, chunk_rows: int | None) -> None:
+        disk_dtype = DTYPES[self.dtype][0]
+        rows = chunk_rows or default_chunk_rows(self.d, np.dtype(disk_dtype).itemsize)
+        g = zarr.open_group(str(self.path), mode="a")  # "w" would delete our .lock
+        for split in SPLITS:
+            g.create_array(
+                f"{split}/acts", shape=(0, self.d), chunks=(rows, self.d), dtype=disk_dtype,
+                compressors=None, fill_value=0,
+            )  # fmt: skip
+            for name, dt in INDEX_ARRAYS.items():
+                g.create_array(
+                    f"{split}/{name}", shape=(0,), chunks=(rows,), dtype=dt, compressors=None, fill_value=0
+                )
+        self.group = g
+        self.state = {"rows": {s: 0 for s in SPLITS}, "sum_sq": 0.0, "cursor": {}, "complete": False}
+        g.attrs.update(
+            {
+                "sagsae_store": FORMAT_VERSION,
+                "d": self.d,
+                "dtype": self.dtype,
+                "config": json.loads(json.dumps(config, default=str)),
+                "config_hash": self.hash,
+                "meta": meta,
+                "commit": self.state,
+                "norm_factor": 1.0,
+            }
+        )
+
+    def _resume(self, force: bool) -> None:
+        store = ActivationStore(self.path, mode="a")
+        if store.attrs.get("config_hash") != self.hash:
+            raise SagsaeError(
+                f"{self.path} was produced by a different config (hash {store.attrs.get('config_hash')}, "
+                f"now {self.hash}): rerun the original command to resume, or pass --force to start over"
+            )
+        if store.d != self.d or store.dtype != self.dtype:
+            raise SagsaeError(
+                f"{self.path} holds d={store.d} {store.dtype}, this run writes d={self.d} {self.dtype}: "
+                "choose another --out or pass --force"
+            )
+        self.group, self.state = store.group, store.commit_state
+        for split in SPLITS:  # drop rows written after the last commit
+            n = self.state["rows"][split]
+            for name in ("acts", *INDEX_ARRAYS):
+                arr = self.group[f"{split}/{name}"]
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+
+    # --- writing --------------------------------------------------------------------------
+    @property
+    def cursor(self) -> dict:
+        return self.state["cursor"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.state.get("complete"))
+
+    def rows(self, split: str) -> int:
+        return int(self.state["rows"][split])
+
+    def append(self, split, acts, token_ids=None, positions=None, sequence_ids=None) -> None:
+        """Write rows after the current end of ``split``; they become visible at ``commit()``."""
+        _check_split(split)
+        raw = to_disk(acts, self.dtype)
+        if raw.ndim != 2 or raw.shape[1] != self.d:
+            raise SagsaeError(f"cannot append rows of shape {tuple(raw.shape)} to a store with d={self.d}")
+        n = raw.shape[0]
+        index = {"token_ids": token_ids, "positions": positions, "sequence_ids": sequence_ids}
+        start = self._pending.get(split, self.rows(split))
+        for name, values in (("acts", raw), *index.items()):
+            arr = self.group[f"{split}/{name}"]
+            if values is None:
+                values = np.full(n, -1, dtype=INDEX_ARRAYS[name])
+            values = np.asarray(values).astype(arr.dtype, copy=False)
+            if values.shape[0] != n:
+                raise SagsaeError(f"{name} has {values.shape[0]} rows but acts has {n}")
+            arr.resize((start + n, *arr.shape[1:]))
+            arr[start : start + n] = values
+        if split == "train":
+            stored = to_torch(raw, self.dtype).double()
+            self._pending_sum_sq += float((stored * stored).sum())
+        self._pending[split] = start + n
+
+    def commit(self, cursor: dict | None = None, complete: bool = False) -> None:
+        """Make appended rows durable and visible, with the producer's resume ``cursor``."""
+        rows = {s: self._pending.get(s, self.rows(s)) for s in SPLITS}
+        state = {
+            "rows": rows,
+            "sum_sq": self.state["sum_sq"] + self._pending_sum_sq,
+            "cursor": dict(cursor if cursor is not None else self.cursor),
+            "complete": complete,
+        }
+        norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
+        self.group.attrs.update({"commit": state, "norm_factor": norm})
+        self.state, self._pending, self._pending_sum_sq = state, {}, 0.0
+
+    def set_meta(self, **meta) -> None:
+        merged = {**self.group.attrs.asdict().get("meta", {}), **meta}
+        self.group.attrs.update({"meta": json.loads(json.dumps(merged, default=str))})
+
+    def write_truth(self, axes: np.ndarray, paired: np.ndarray) -> None:
+        """Store synthetic ground truth: unit axes (K x d) and a paired flag per axis."""
+        for name, value in (("axes", axes.astype("float32")), ("paired", paired.astype("bool"))):
+            arr = self.group.create_array(
+                f"truth/{name}", shape=value.shape, dtype=value.dtype, compressors=None, overwrite=True
+            )
+            arr[...] = value
