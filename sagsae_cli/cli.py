@@ -80,6 +80,89 @@ def harvest(
         raise SagsaeError(f"unknown --source {source!r}: use lm or synthetic")
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SagsaeError(f"{flag} takes comma-separated numbers (got {text!r})") from None
+
+
+def _tokens(text: str) -> int:
+    """50M, 2.5k, 1e6 or 4096."""
+    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+    t = text.strip().lower()
+    try:
+        return int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t))
+    except ValueError:
+        raise SagsaeError(f"--tokens takes a count such as 50M, 200k or 1e6 (got {text!r})") from None
+
+
+@app.command()
+def train(
+    store: str = typer.Option(..., "--store", "-s", help="Activation store (from `sagsae harvest`)."),
+    out: str = typer.Option("runs", "--out", "-o", help="Directory of run directories."),
+    variant: str = typer.Option(
+        "sa-gsae",
+        help="sa-gsae (tied), sa-gsae-untied, gated, relu, topk, jumprelu, "
+        "no-aux, one-sided, no-reset; comma-separated for several.",
+    ),  # fmt: skip
+    width: Optional[int] = typer.Option(None, help="Dictionary width H (latents)."),
+    expansion: Optional[float] = typer.Option(
+        None, help="Width as a multiple of d (if --width is not given)."
+    ),
+    l1: str = typer.Option(
+        "0.4", help="Sparsity coefficient(s) lambda, comma-separated (L0 coef. for jumprelu)."
+    ),
+    k: str = typer.Option("32", help="TopK: k value(s), comma-separated."),
+    seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
+    tokens: str = typer.Option("50M", help="Training tokens per run (50M, 200k, 1e6 ...)."),
+    batch: int = typer.Option(4096, help="Tokens per batch."),
+    lr: float = typer.Option(3e-4, help="Base learning rate (thresholds get --threshold-lr-mult x)."),
+    threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
+    warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10%% of the run)."),
+    theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
+    dead_window: str = typer.Option(
+        "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10%%))."
+    ),
+    data_seed: int = typer.Option(0, help="Seed of the batch order (shared by the sweep)."),
+    checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
+    log_every: int = typer.Option(50, help="Steps between history rows."),
+    force: bool = typer.Option(False, help="Overwrite runs made with another config."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Train SAEs on a store: every (variant, coefficient, seed) is one run, all fed from one pass.
+
+    Rerun the same command to resume unfinished runs; finished runs are skipped.
+    """
+    from sagsae_cli.sae import resolve
+    from sagsae_cli.store import open_store
+    from sagsae_cli.train import TrainConfig
+    from sagsae_cli.train import train as run_training
+
+    d = open_store(store).d
+    if width is None:
+        width = int(round((expansion or 8) * d))
+    seed_list = [int(s) for s in _floats(seeds, "--seeds")]
+    cfgs = []
+    for v in [v.strip() for v in variant.split(",") if v.strip()]:
+        is_topk = resolve(v) == "topk"
+        for coef in _floats(k, "--k") if is_topk else _floats(l1, "--l1"):
+            for seed in seed_list:
+                cfgs.append(
+                    TrainConfig(
+                        variant=v, width=width, l1=0.0 if is_topk else coef, k=int(coef) if is_topk else 0,
+                        seed=seed, data_seed=data_seed, tokens=_tokens(tokens), batch=batch, lr=lr,
+                        threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0,
+                        dead_window=_tokens(dead_window), checkpoint_every=checkpoint_every,
+                        log_every=log_every, store=store,
+                    )
+                )  # fmt: skip
+    dirs = run_training(cfgs, out, force=force, quiet=quiet)
+    console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
+    for path in dirs:
+        console.print(f"  {path}")
+
+
 def _print_info(path: str) -> None:
     from sagsae_cli.store import open_store
 

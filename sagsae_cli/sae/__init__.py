@@ -1,0 +1,62 @@
+"""SAE architectures behind one registry: ``build_sae(name, cfg)``.
+
+Each name is an architecture class plus config overrides, so the paper's ablations are registry
+entries, not copies of code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.sae.base import SAE, Output, SAEConfig, load_sae
+from sagsae_cli.sae.gated import GatedSAE
+from sagsae_cli.sae.jumprelu import JumpReLUSAE
+from sagsae_cli.sae.relu import ReLUSAE
+from sagsae_cli.sae.sign_aware import SignAwareSAE
+from sagsae_cli.sae.topk import TopKSAE
+
+CLASSES: dict[str, type[SAE]] = {
+    "sa-gsae": SignAwareSAE,
+    "gated": GatedSAE,
+    "relu": ReLUSAE,
+    "topk": TopKSAE,
+    "jumprelu": JumpReLUSAE,
+}
+
+# name -> (architecture class name, config overrides)
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "sa-gsae": ("sa-gsae", {"tied": True}),
+    "sa-gsae-untied": ("sa-gsae", {"tied": False}),
+    "no-aux": ("sa-gsae", {"alpha": 0.0}),
+    "one-sided": ("sa-gsae", {"one_sided": True}),
+    "no-reset": ("sa-gsae", {"reset": False}),
+    "gated": ("gated", {}),
+    "relu": ("relu", {}),
+    "topk": ("topk", {}),
+    "jumprelu": ("jumprelu", {}),
+}
+ALIASES = {"tied": "sa-gsae", "untied": "sa-gsae-untied", "sagsae": "sa-gsae", "standard": "relu"}
+
+
+def resolve(name: str) -> str:
+    key = ALIASES.get(name, name)
+    if key not in ARCHITECTURES:
+        known = ", ".join([*ARCHITECTURES, *ALIASES])
+        raise SagsaeError(f"unknown variant {name!r}: choose one of {known}")
+    return key
+
+
+def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
+    """The SAE registered as ``name``, with its overrides applied to ``cfg``, initialised from ``seed``."""
+    key = resolve(name)
+    arch, overrides = ARCHITECTURES[key]
+    cfg = replace(cfg, architecture=arch, variant=key, **overrides)
+    sae = CLASSES[arch](cfg)
+    sae.init_params(torch.Generator().manual_seed(seed))
+    return sae
+
+
+__all__ = ["ARCHITECTURES", "SAE", "Output", "SAEConfig", "build_sae", "load_sae", "resolve"]

@@ -1,0 +1,235 @@
+"""What every SAE shares: config, encode/decode, unit-norm decoder, init, dead tracking, save/load.
+
+Tensor names and shapes follow SAELens: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in), ``b_dec``
+(d_in), so a decoder *row* is a latent's direction. The model acts on normalised activations
+(x / norm_factor, PAPER.md §6); ``save(..., norm_factor=s)`` folds s into the weights so the exported
+SAE acts on raw activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sagsae_cli.errors import SagsaeError
+
+WEIGHTS = "sae_weights.safetensors"
+CONFIG = "cfg.json"
+
+
+@dataclass
+class SAEConfig:
+    architecture: str  # the class: sa-gsae, gated, relu, topk, jumprelu
+    d_in: int
+    d_sae: int
+    variant: str = ""  # the registry name it was built from (e.g. no-aux)
+    l1: float = 0.0  # sparsity coefficient: lambda (L1 / gate L1) or the L0 coefficient (jumprelu)
+    k: int = 0  # topk: active latents per token
+    alpha: float = 1.0  # gated / sa-gsae: auxiliary reconstruction weight (0 = no-aux)
+    tied: bool = True  # sa-gsae: r+ = r-, b_mag+ = b_mag-
+    one_sided: bool = False  # sa-gsae: the negative gate never opens
+    reset: bool = True  # sa-gsae: dead-latent threshold reset
+    theta0: float = 1e-3  # initial threshold (sa-gsae, jumprelu), normalised units
+    bandwidth: float = 1e-3  # jumprelu: straight-through rectangle width
+    aux_k: int = 256  # topk: latents in the auxK loss
+    aux_k_coef: float = 1 / 32
+    dead_tokens: int = 10_000_000  # a latent silent this many tokens counts as dead
+    extra: dict = field(default_factory=dict)  # provenance: model_name, hook_name, store, ...
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Output(NamedTuple):
+    x_hat: torch.Tensor
+    f: torch.Tensor  # latent code (signed for sa-gsae)
+    losses: dict[str, torch.Tensor]  # named terms; the training loss is their sum
+
+
+class SAE(nn.Module):
+    """Base class. Subclasses define ``encode`` and ``forward`` (and may extend ``init_params``)."""
+
+    saelens_architecture = "standard"
+    threshold_params: tuple[str, ...] = ()  # parameters trained at 10x the base learning rate
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d, n))
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long))
+        # build_sae() calls init_params once the subclass has created its own parameters
+
+    # --- init ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_params(self, generator: torch.Generator) -> None:
+        """PAPER.md §4: random unit decoder rows, W_enc = W_dec^T, every bias zero."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
+        self.W_enc.copy_(self.W_dec.T)
+        for name, p in self.named_parameters():
+            if name == "log_threshold":
+                p.fill_(math.log(self.cfg.theta0))
+            elif name not in ("W_enc", "W_dec"):
+                p.zero_()
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: torch.Tensor) -> None:
+        """b_dec = mean of a data sample (normalised units)."""
+        self.b_dec.copy_(sample.float().mean(0))
+
+    # --- forward ------------------------------------------------------------------------------
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared projection u = (x - b_dec) W_enc."""
+        return (x - self.b_dec) @ self.W_enc
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> Output:
+        raise NotImplementedError
+
+    @staticmethod
+    def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """||x - x_hat||^2 summed over dimensions, averaged over tokens."""
+        return (x - x_hat).pow(2).sum(-1).mean()
+
+    # --- decoder constraint -------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Before the step: drop the gradient component along each (unit) decoder row."""
+        g = self.W_dec.grad
+        if g is not None:
+            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """After the step: renormalise decoder rows to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # --- dead latents -------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_fired(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Advance the silence counters; ``fired`` marks latents with f != 0 on some token."""
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    def dead_mask(self, window: int | None = None) -> torch.Tensor:
+        return self.tokens_since_fired >= (window or self.cfg.dead_tokens)
+
+    def reset_latents(self, mask: torch.Tensor) -> list[str]:
+        """Reset dead latents (architectures that support it); returns the parameter names touched,
+        whose optimiser moments the trainer clears at ``mask``."""
+        return []
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def param_groups(self, lr: float, threshold_lr_mult: float = 10.0) -> list[dict]:
+        fast = [p for n, p in self.named_parameters() if n in self.threshold_params]
+        slow = [p for n, p in self.named_parameters() if n not in self.threshold_params]
+        groups = [{"params": slow, "lr": lr, "lr_mult": 1.0}]
+        if fast:
+            groups.append({"params": fast, "lr": lr * threshold_lr_mult, "lr_mult": threshold_lr_mult})
+        return groups
+
+    # --- export format ------------------------------------------------------------------------
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters under their saved (SAELens) names: a trained log_threshold is saved as
+        ``threshold`` (theta itself), as SAELens's JumpReLU does."""
+        t = {n: p.detach() for n, p in self.named_parameters()}
+        if "log_threshold" in t:
+            t["threshold"] = t.pop("log_threshold").exp()
+        return t
+
+    def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = dict(tensors)
+        if "threshold" in tensors:
+            tensors["log_threshold"] = tensors.pop("threshold").log()
+        missing = {n for n, _ in self.named_parameters()} - set(tensors)
+        if missing:
+            raise SagsaeError(
+                f"saved SAE lacks tensors {sorted(missing)}: was it saved by another architecture?"
+            )
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                p.copy_(tensors[n])
+
+    def save(self, run_dir: str | Path, norm_factor: float = 1.0) -> None:
+        """Write cfg.json + sae_weights.safetensors atomically, folding ``norm_factor`` in so the
+        saved SAE acts on raw activations (W_enc / s, W_dec * s, b_dec * s)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t = {k: v.float().clone().contiguous() for k, v in self.export_tensors().items()}
+        s = float(norm_factor)
+        t["W_enc"] /= s
+        t["W_dec"] *= s
+        t["b_dec"] *= s
+        cfg = {
+            **self.cfg.to_json(),
+            "architecture": self.saelens_architecture,
+            "sagsae_architecture": self.cfg.architecture,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "norm_factor_folded": s,
+            "model_name": self.cfg.extra.get("model_name", ""),
+            "hook_name": self.cfg.extra.get("hook_name", ""),
+            "metadata": dict(self.cfg.extra),
+        }
+        atomic_write(run_dir / WEIGHTS, lambda p: save_file(t, str(p)))
+        atomic_write(run_dir / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2)))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_sae(run_dir: str | Path, normalised: bool = True) -> tuple[SAE, float]:
+    """Load a saved SAE. With ``normalised`` the folded norm factor s is taken back out, so the model
+    acts on x / s as during training. Returns (sae, s)."""
+    from sagsae_cli.sae import build_sae
+
+    run_dir = Path(run_dir)
+    try:
+        raw = json.loads((run_dir / CONFIG).read_text())
+        tensors = load_file(str(run_dir / WEIGHTS))
+    except (OSError, ValueError) as e:
+        raise SagsaeError(f"{run_dir} holds no readable SAE (cfg.json + {WEIGHTS}): {e}") from None
+    cfg = SAEConfig.from_json({**raw, "architecture": raw.get("sagsae_architecture", raw["architecture"])})
+    sae = build_sae(cfg.variant or cfg.architecture, cfg)
+    s = float(raw.get("norm_factor_folded", 1.0))
+    if normalised and s != 1.0:
+        tensors = dict(tensors)
+        tensors["W_enc"] = tensors["W_enc"] * s
+        tensors["W_dec"] = tensors["W_dec"] / s
+        tensors["b_dec"] = tensors["b_dec"] / s
+    sae.import_tensors(tensors)
+    return sae, (s if normalised else 1.0)

@@ -1,0 +1,39 @@
+"""Gated SAE (Rajamanoharan et al. 2024, arXiv 2404.16014), the paper's baseline.
+
+pi = (x - b_dec) W_enc + b_gate        f = H(pi) ReLU(exp(r_mag) (x - b_dec) W_enc + b_mag)
+L  = ||x - x_hat||^2 + lambda ||ReLU(pi)||_1 + ||x - (ReLU(pi) sg(W_dec) + sg(b_dec))||^2
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sagsae_cli.sae.base import SAE, Output, SAEConfig
+
+
+class GatedSAE(SAE):
+    saelens_architecture = "gated"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        n = cfg.d_sae
+        self.b_gate = nn.Parameter(torch.zeros(n))
+        self.r_mag = nn.Parameter(torch.zeros(n))
+        self.b_mag = nn.Parameter(torch.zeros(n))
+
+    def _code(self, u: torch.Tensor):
+        pi = u + self.b_gate
+        f = torch.where(pi > 0, torch.relu(self.r_mag.exp() * u + self.b_mag), 0.0)
+        return f, torch.relu(pi)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._code(self.pre(x))[0]
+
+    def forward(self, x: torch.Tensor) -> Output:
+        f, s = self._code(self.pre(x))
+        x_hat = self.decode(f)
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * s.sum(-1).mean()}
+        if self.cfg.alpha:
+            losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
+        return Output(x_hat, f, losses)

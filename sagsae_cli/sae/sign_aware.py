@@ -1,0 +1,76 @@
+"""SA-GSAE: the sign-aware gated SAE with the Bi-Jump-ReLU (PAPER.md §3-§4).
+
+    u  = (x - b_dec) W_enc                 pi = u + b_gate            theta = exp(log_threshold)
+    g+ = H(pi - theta)                     g- = H(-pi - theta)        (at most one side open)
+    m+ = exp(r+) u + b_mag+                m- = exp(r-) u + b_mag-
+    f  = g+ ReLU(m+) - g- ReLU(-m-)        x_hat = f W_dec + b_dec
+    s  = ReLU(pi - theta) - ReLU(-pi - theta)
+    L  = ||x - x_hat||^2 + lambda sum|s| + alpha ||x - (s sg(W_dec) + sg(b_dec))||^2
+
+Tied (default): r+ = r- = r_mag, b_mag+ = b_mag- = b_mag. Ablations as config switches:
+alpha = 0 (no-aux), one_sided (g- = 0), reset = False (no dead-latent threshold reset).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sagsae_cli.sae.base import SAE, Output, SAEConfig
+
+
+class SignAwareSAE(SAE):
+    saelens_architecture = "sa-gsae"
+    threshold_params = ("log_threshold",)
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        n = cfg.d_sae
+        self.b_gate = nn.Parameter(torch.zeros(n))
+        self.log_threshold = nn.Parameter(torch.zeros(n))
+        sides = ("",) if cfg.tied else ("_pos", "_neg")
+        for side in sides:
+            setattr(self, f"r_mag{side}", nn.Parameter(torch.zeros(n)))
+            setattr(self, f"b_mag{side}", nn.Parameter(torch.zeros(n)))
+
+    def _mag(self, side: str):
+        name = "" if self.cfg.tied else side
+        return getattr(self, f"r_mag{name}"), getattr(self, f"b_mag{name}")
+
+    def _code(self, u: torch.Tensor):
+        """(f, s): the Bi-Jump-ReLU code and the gate's signed soft-threshold."""
+        pi = u + self.b_gate
+        theta = self.log_threshold.exp()
+        r_pos, b_pos = self._mag("_pos")
+        open_pos = pi > theta
+        f = torch.where(open_pos, torch.relu(r_pos.exp() * u + b_pos), 0.0)
+        s = torch.relu(pi - theta)
+        if not self.cfg.one_sided:
+            r_neg, b_neg = self._mag("_neg")
+            open_neg = pi < -theta
+            f = f - torch.where(open_neg, torch.relu(-(r_neg.exp() * u + b_neg)), 0.0)
+            s = s - torch.relu(-pi - theta)
+        return f, s
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._code(self.pre(x))[0]
+
+    def forward(self, x: torch.Tensor) -> Output:
+        f, s = self._code(self.pre(x))
+        x_hat = self.decode(f)
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * s.abs().sum(-1).mean()}
+        if self.cfg.alpha:
+            aux_hat = s @ self.W_dec.detach() + self.b_dec.detach()
+            losses["aux"] = self.cfg.alpha * self.mse(x, aux_hat)
+        return Output(x_hat, f, losses)
+
+    @torch.no_grad()
+    def reset_latents(self, mask: torch.Tensor) -> list[str]:
+        if not self.cfg.reset or not mask.any():
+            return []
+        self.log_threshold[mask] = math.log(self.cfg.theta0)
+        self.b_gate[mask] = 0.0
+        self.tokens_since_fired[mask] = 0
+        return ["log_threshold", "b_gate"]

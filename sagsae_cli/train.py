@@ -1,0 +1,304 @@
+"""The training loop (PAPER.md §4): Adam (betas 0, 0.999), linear lr warm-up and final-20% decay,
+10x lr on thresholds, lambda warm-up, gradient clip, unit-norm decoder, dead-latent threshold resets,
+atomic checkpoints and exact resume. Several runs (a sweep) share each batch read from the store.
+
+A run directory holds ``cfg.json`` (the SAE, SAELens-style) + ``sae_weights.safetensors`` when done,
+``train_cfg.json`` (what produced it), ``checkpoints/last.pt`` and ``history.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.metrics import R2, fired, l0
+from sagsae_cli.progress import progress_bar
+from sagsae_cli.reader import ShuffledBatches
+from sagsae_cli.sae import SAE, SAEConfig, build_sae, resolve
+from sagsae_cli.sae.base import atomic_write
+from sagsae_cli.store import open_store
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "sa-gsae"
+    width: int = 4608
+    l1: float = 0.4  # lambda; the L0 coefficient for jumprelu; unused by topk
+    k: int = 0  # topk
+    seed: int = 0  # model init
+    data_seed: int = 0  # batch order (shared by every run of a sweep)
+    tokens: int = 50_000_000
+    batch: int = 4096
+    lr: float = 3e-4
+    threshold_lr_mult: float = 10.0
+    warmup_steps: int = 1000  # capped at 10% of the run
+    decay_frac: float = 0.2
+    l1_warmup_frac: float = 0.05
+    clip: float = 1.0
+    theta0: float = 1e-3
+    dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
+    checkpoint_every: int = 1000  # steps
+    log_every: int = 50  # steps
+    store: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(self.tokens / self.batch))
+
+    @property
+    def dead_tokens(self) -> int:
+        return self.dead_window or min(10_000_000, max(self.batch, self.tokens // 10))
+
+    @property
+    def run_id(self) -> str:
+        coef = f"k{self.k}" if resolve(self.variant) == "topk" else f"l1_{self.l1:g}"
+        return f"{resolve(self.variant)}-w{self.width}-{coef}-s{self.seed}"
+
+    def validate(self) -> None:
+        resolve(self.variant)
+        if self.width <= 0:
+            raise SagsaeError(f"--width must be positive (got {self.width})")
+        if self.l1 < 0:
+            raise SagsaeError(f"sparsity coefficients must be non-negative (got {self.l1})")
+        if resolve(self.variant) == "topk" and not 0 < self.k <= self.width:
+            raise SagsaeError(f"topk needs 0 < --k <= --width (got k={self.k}, width={self.width})")
+        if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
+            raise SagsaeError("--tokens, --batch and --lr must be positive")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    warm = max(1, min(cfg.warmup_steps, cfg.steps // 10))
+    decay_start = int(cfg.steps * (1 - cfg.decay_frac))
+    f = min(1.0, (step + 1) / warm)
+    if step >= decay_start:
+        f *= max(0.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
+    return f
+
+
+def l1_factor(step: int, cfg: TrainConfig) -> float:
+    warm = int(cfg.steps * cfg.l1_warmup_frac)
+    return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+
+class Run:
+    """One SAE being trained: model, optimiser, step and history, with checkpoint/resume."""
+
+    def __init__(self, cfg: TrainConfig, d_in: int, out: Path, sample: torch.Tensor, force: bool):
+        self.cfg, self.dir = cfg, out / cfg.run_id
+        sae_cfg = SAEConfig(
+            architecture="", d_in=d_in, d_sae=cfg.width, l1=cfg.l1, k=cfg.k, theta0=cfg.theta0,
+            dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
+        )  # fmt: skip
+        self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
+        self.sae.init_b_dec(sample)
+        self.opt = torch.optim.Adam(self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(0.0, 0.999))
+        self.step, self.history = 0, []
+        self._claim(force)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "sae_weights.safetensors").exists() and self.step >= self.cfg.steps
+
+    def _claim(self, force: bool) -> None:
+        record = self.dir / "train_cfg.json"
+        mine = json.loads(json.dumps(asdict(self.cfg), default=str))
+        if record.exists() and not force:
+            theirs = json.loads(record.read_text())
+            if theirs != mine:
+                diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+                raise SagsaeError(
+                    f"{self.dir} holds a run with a different config ({', '.join(diff)} differ): "
+                    "pass --force to overwrite it, or choose another --out"
+                )
+            if self.ckpt.exists():
+                self._load()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.ckpt, self.dir / "sae_weights.safetensors", self.dir / "history.parquet"):
+            stale.unlink(missing_ok=True)
+        atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
+
+    def _load(self) -> None:
+        try:
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise SagsaeError(f"checkpoint {self.ckpt} is unreadable ({e}): rerun with --force") from None
+        if state["sae"]["W_enc"].shape != self.sae.W_enc.shape:
+            raise SagsaeError(
+                f"checkpoint {self.ckpt} has W_enc {tuple(state['sae']['W_enc'].shape)} but this run "
+                f"needs {tuple(self.sae.W_enc.shape)} (a store with another d?): pass --force to start over"
+            )
+        self.sae.load_state_dict(state["sae"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.history = state["step"], state["history"]
+
+    def save_checkpoint(self) -> None:
+        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
+        state = {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                 "history": self.history}  # fmt: skip
+        atomic_write(self.ckpt, lambda p: torch.save(state, p))
+        self.write_history()
+
+    def write_history(self) -> None:
+        if self.history:
+            frame = pd.DataFrame(self.history)
+            atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))
+
+    def finish(self, norm_factor: float) -> None:
+        self.sae.save(self.dir, norm_factor=norm_factor)
+        self.save_checkpoint()
+
+    # --- one optimiser step -------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor) -> dict:
+        cfg, sae = self.cfg, self.sae
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg)
+        out = sae(x)
+        terms = dict(out.losses)
+        if "sparsity" in terms:
+            terms["sparsity"] = terms["sparsity"] * l1_factor(self.step, cfg)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise SagsaeError(
+                f"run {cfg.run_id}: loss is {float(loss)} at step {self.step}; the last good checkpoint "
+                f"is kept in {self.ckpt.parent}. Try a lower --lr"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
+        self.opt.step()
+        sae.normalise_decoder()
+        sae.update_fired(fired(out.f.detach()), x.shape[0])
+        if self.step < int(cfg.steps * (1 - cfg.decay_frac)):
+            self._reset_dead()
+        self.step += 1
+        terms = {k: v.detach() for k, v in terms.items()}
+        return {"loss": loss.detach(), "x_hat": out.x_hat.detach(), "f": out.f.detach(), "terms": terms}
+
+    @torch.no_grad()
+    def _reset_dead(self) -> None:
+        mask = self.sae.dead_mask(self.cfg.dead_tokens)
+        if not mask.any():
+            return
+        names = self.sae.reset_latents(mask)
+        params = dict(self.sae.named_parameters())
+        for name in names:
+            for moment in self.opt.state.get(params[name], {}).values():
+                if torch.is_tensor(moment) and moment.shape == mask.shape:
+                    moment[mask] = 0.0
+
+    def log(self, x: torch.Tensor, result: dict) -> dict:
+        f = result["f"]
+        r2 = R2()
+        r2.update(x, result["x_hat"])
+        row = {
+            "step": self.step,
+            "tokens": self.step * self.cfg.batch,
+            "lr": self.opt.param_groups[0]["lr"],
+            "loss": float(result["loss"]),
+            **{k: float(v) for k, v in result["terms"].items()},
+            "l0": l0(f),
+            "r2": r2.value(),
+            "dead_frac": float(self.sae.dead_mask(self.cfg.dead_tokens).float().mean()),
+            "neg_frac": float((f < 0).sum() / (f != 0).sum().clamp_min(1)),
+        }
+        if hasattr(self.sae, "log_threshold"):
+            theta = self.sae.log_threshold.detach().exp()
+            row |= {"theta_mean": float(theta.mean()), "theta_median": float(theta.median())}
+        self.history.append(row)
+        return row
+
+
+def train(
+    cfgs: list[TrainConfig], out: str | Path, *, force: bool = False, quiet: bool = False
+) -> list[Path]:
+    """Train every config (all must share store, tokens, batch and data_seed) in one pass over the
+    data: each batch is read once and fed to every unfinished run. Resumes from checkpoints."""
+    if not cfgs:
+        raise SagsaeError("nothing to train")
+    base = cfgs[0]
+    for c in cfgs:
+        c.validate()
+        if (c.store, c.tokens, c.batch, c.data_seed) != (base.store, base.tokens, base.batch, base.data_seed):
+            raise SagsaeError("runs of one sweep must share --store, --tokens, --batch and --data-seed")
+    store = open_store(base.store)
+    if store.rows("train") == 0:
+        raise SagsaeError(f"store {base.store} has no train rows: finish `sagsae harvest` first")
+    reader = ShuffledBatches(store, base.batch, seed=base.data_seed)
+    sample = store.read("train", 0, min(store.rows("train"), 65536), normalise=True)
+    extra = {"store": str(Path(base.store).resolve()), "model_name": store.meta.get("model", ""),
+             "hook_name": store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
+    out = Path(out)
+    runs = [Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, force) for c in cfgs]
+    todo = [r for r in runs if not r.done]
+    if not todo:
+        return [r.dir for r in runs]
+    stop = _StopFlag()
+    start = min(r.step for r in todo)
+    with stop, progress_bar(f"train {len(todo)} run(s)", total=base.steps * base.batch, quiet=quiet) as bar:
+        bar.advance(start * base.batch)
+        step = start
+        while step < base.steps and not stop.requested:
+            epoch, offset = divmod(step, len(reader))
+            for x in reader.epoch(epoch, start_batch=offset):
+                for r in todo:
+                    if r.step == step:
+                        result = r.train_step(x)
+                        if r.step % base.log_every == 0 or r.step == base.steps:
+                            row = r.log(x, result)
+                            if r is todo[0]:
+                                bar.note(
+                                    f"L0 {row['l0']:.1f}  R² {row['r2']:.3f}  dead {row['dead_frac']:.2f}"
+                                )
+                        if r.step % base.checkpoint_every == 0:
+                            r.save_checkpoint()
+                step += 1
+                bar.advance(x.shape[0])
+                if step >= base.steps or stop.requested:
+                    break
+        for r in todo:
+            if r.step >= base.steps:
+                r.finish(store.norm_factor)
+            else:
+                r.save_checkpoint()
+    if stop.requested:
+        raise SagsaeError(
+            f"stopped by signal at step {step}: checkpoints saved; rerun the same command to resume"
+        )
+    return [r.dir for r in runs]
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and exits cleanly at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
