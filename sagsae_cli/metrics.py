@@ -43,3 +43,29 @@ def r2(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     acc = R2()
     acc.update(x, x_hat)
     return acc.value()
+
+
+def axis_cosines(W_dec: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    """|cos| between every decoder row (latent) and every ground-truth axis: (n_latents, K)."""
+    w = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    a = axes / axes.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (w.double() @ a.double().T).abs()
+
+
+def axis_recovery(W_dec: torch.Tensor, axes: torch.Tensor, live: torch.Tensor | None = None) -> float:
+    """Mean over axes of the best |cos| with any (live) decoder row."""
+    cos = axis_cosines(W_dec, axes)
+    if live is not None:
+        cos = cos[live]
+    return float(cos.max(0).values.mean()) if cos.shape[0] else 0.0
+
+
+def latents_per_axis(
+    W_dec: torch.Tensor, axes: torch.Tensor, live: torch.Tensor | None = None, min_cos: float = 0.9
+) -> float:
+    """Mean over axes of the number of live latents aligned with it (|cos| >= min_cos).
+    1 is ideal for a signed SAE on antipodal pairs, 2 for a non-negative one."""
+    cos = axis_cosines(W_dec, axes)
+    if live is not None:
+        cos = cos[live]
+    return float((cos >= min_cos).sum(0).double().mean())

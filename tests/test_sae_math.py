@@ -1,0 +1,235 @@
+"""The maths of PAPER.md §3-§5, checked with autograd."""
+
+import math
+
+import pytest
+import torch
+
+from sagsae_cli.metrics import l0
+from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, load_sae
+from sagsae_cli.sae.jumprelu import jumprelu, step
+
+D, N = 12, 20
+
+
+def make(name, **kw):
+    cfg = SAEConfig(architecture="", d_in=D, d_sae=N, l1=0.3, k=5, **kw)
+    sae = build_sae(name, cfg, seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # move off the symmetric init so every path is exercised
+        for name_, p in sae.named_parameters():
+            if name_ not in ("W_dec",):
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        if hasattr(sae, "log_threshold"):
+            sae.log_threshold.fill_(math.log(0.4))
+    return sae
+
+
+def x_batch(n=64, seed=0):
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+
+
+def grads_of(sae, term):
+    sae.zero_grad(set_to_none=True)
+    sae(x_batch()).losses[term].backward()
+    return {n: (p.grad is not None and p.grad.abs().sum().item() > 0) for n, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied"])
+def test_sa_gsae_gradient_routes(name):
+    sae = make(name)
+    mags = {n for n, _ in sae.named_parameters() if n.startswith(("r_mag", "b_mag"))}
+    mse = grads_of(sae, "mse")
+    assert {n for n, v in mse.items() if v} == {"W_enc", "W_dec", "b_dec", *mags}  # not b_gate, theta
+    sparsity = grads_of(sae, "sparsity")
+    assert {n for n, v in sparsity.items() if v} == {"W_enc", "b_dec", "b_gate", "log_threshold"}
+    aux = grads_of(sae, "aux")
+    assert {n for n, v in aux.items() if v} == {"W_enc", "b_dec", "b_gate", "log_threshold"}
+    assert not aux["W_dec"]  # the auxiliary reconstruction uses a frozen decoder
+
+
+def test_gated_gradient_routes():
+    sae = make("gated")
+    assert {n for n, v in grads_of(sae, "mse").items() if v} == {"W_enc", "W_dec", "b_dec", "r_mag", "b_mag"}
+    assert {n for n, v in grads_of(sae, "sparsity").items() if v} == {"W_enc", "b_dec", "b_gate"}
+    assert {n for n, v in grads_of(sae, "aux").items() if v} == {"W_enc", "b_dec", "b_gate"}
+
+
+def test_aux_pulls_theta_down_and_sparsity_pushes_it_up():
+    # orthonormal decoder rows and x on one row: s undershoots x by theta, so only the L1 term
+    # argues for a larger theta and the auxiliary term for a smaller one (PAPER.md §4)
+    cfg = SAEConfig(architecture="", d_in=20, d_sae=12, l1=0.3, theta0=0.4)
+    sae = build_sae("sa-gsae", cfg)
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(20, 12, generator=torch.Generator().manual_seed(0)))
+        sae.W_dec.copy_(q.T)
+        sae.W_enc.copy_(q)
+    x = 2.0 * sae.W_dec[:3].detach().repeat(4, 1)
+    for term, sign in (("sparsity", -1), ("aux", +1)):
+        sae.zero_grad(set_to_none=True)
+        sae(x).losses[term].backward()
+        g = sae.log_threshold.grad
+        assert (sign * g[:3] > 0).all()  # descent moves log_theta by -grad
+        assert (g[3:] == 0).all()  # closed latents get no gradient from either term
+
+
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "gated", "relu"])
+def test_gradcheck(name):
+    """Autograd equals finite differences: for mse + sparsity in every parameter, and for the aux
+    term in the parameters it does not stop-gradient (W_dec and b_dec's addend are frozen there).
+    The Heaviside gates are piecewise constant, so away from their boundaries the numeric
+    derivative sees no jump either."""
+    sae = make(name).double()
+    x = x_batch(16).double()
+    params = dict(sae.named_parameters())
+
+    def check(terms, names):
+        def loss(*tensors):
+            out = torch.func.functional_call(sae, {**params, **dict(zip(names, tensors))}, (x,))
+            return sum(out.losses[t] for t in terms)
+
+        inputs = [params[n].detach().clone().requires_grad_(True) for n in names]
+        assert torch.autograd.gradcheck(loss, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
+
+    check([t for t in ("mse", "sparsity")], list(params))
+    if "aux" in sae(x).losses:
+        check(["aux"], [n for n in params if n not in ("W_dec", "b_dec")])
+
+
+def test_one_sided_with_tiny_theta_is_the_gated_sae():
+    sa, gated = make("one-sided"), make("gated")
+    with torch.no_grad():
+        for n in ("W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag"):
+            getattr(sa, n).copy_(getattr(gated, n))
+        sa.log_threshold.fill_(math.log(1e-12))
+    x = x_batch()
+    a, b = sa(x), gated(x)
+    assert torch.allclose(a.f, b.f, atol=1e-9) and torch.allclose(a.x_hat, b.x_hat, atol=1e-6)
+    for term in ("mse", "sparsity", "aux"):
+        assert a.losses[term].item() == pytest.approx(b.losses[term].item(), rel=1e-6, abs=1e-9)
+    assert (a.f >= 0).all()
+
+
+def test_tied_equals_untied_with_equal_parameters():
+    tied, untied = make("sa-gsae"), make("sa-gsae-untied")
+    with torch.no_grad():
+        for n in ("W_enc", "W_dec", "b_dec", "b_gate", "log_threshold"):
+            getattr(untied, n).copy_(getattr(tied, n))
+        for side in ("_pos", "_neg"):
+            getattr(untied, "r_mag" + side).copy_(tied.r_mag)
+            getattr(untied, "b_mag" + side).copy_(tied.b_mag)
+    x = x_batch()
+    a, b = tied(x), untied(x)
+    assert torch.equal(a.f, b.f) and torch.equal(a.x_hat, b.x_hat)
+    assert all(torch.equal(a.losses[t], b.losses[t]) for t in a.losses)
+
+
+def test_bi_jump_relu_never_opens_both_sides_and_follows_the_gate_sign():
+    sae = make("sa-gsae-untied")
+    x = x_batch(512)
+    u = sae.pre(x)
+    pi = u + sae.b_gate
+    theta = sae.log_threshold.exp()
+    f = sae.encode(x)
+    assert ((pi > theta) & (-pi > theta)).sum() == 0
+    active = f != 0
+    assert (pi[active].abs() > theta.expand_as(pi)[active]).all()
+    assert (torch.sign(f[active]) == torch.sign(pi[active])).all()
+    assert (f > 0).any() and (f < 0).any()
+
+
+def test_l0_counts_negative_activations():
+    f = torch.tensor([[1.0, -2.0, 0.0, 0.0], [0.0, 0.0, -0.5, 0.0]])
+    assert l0(f) == 1.5
+
+
+def test_jumprelu_straight_through_gradient_matches_the_paper():
+    eps = 0.1
+    z = torch.tensor([[0.50, 0.26, 0.31, -1.0], [0.22, 0.95, 0.29, 0.34]], requires_grad=True)
+    theta = torch.tensor([0.3, 0.3, 0.3, 0.3], requires_grad=True)
+    g_out = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    (jumprelu(z, theta, eps) * g_out).sum().backward()
+    kernel = ((z - theta).abs() < eps / 2).float() / eps  # rectangle kernel K((z-theta)/eps)/eps
+    assert torch.allclose(theta.grad, (-(theta / 1.0) * kernel * g_out).sum(0))
+    assert torch.equal(z.grad, g_out * (z > theta))
+    theta.grad = None
+    z.grad = None
+    step(z, theta, eps).sum().backward()
+    assert torch.allclose(theta.grad, -kernel.sum(0))
+    assert z.grad is None or z.grad.abs().sum() == 0
+
+
+def test_topk_keeps_exactly_k():
+    sae = make("topk")
+    with torch.no_grad():
+        sae.b_enc.fill_(100.0)  # all pre-activations positive: exactly k survive
+    f = sae.encode(x_batch())
+    assert ((f != 0).sum(-1) == 5).all()
+    z = sae.pre(x_batch()) + sae.b_enc
+    assert torch.equal(f.topk(5).values.sort().values, z.topk(5).values.sort().values)
+
+
+def test_topk_aux_loss_only_with_dead_latents():
+    sae = make("topk")
+    assert "aux" not in sae(x_batch()).losses
+    sae.tokens_since_fired[:7] = 10**9
+    out = sae(x_batch())
+    assert out.losses["aux"] > 0
+    sae.zero_grad()
+    out.losses["aux"].backward()
+    assert sae.W_dec.grad[7:].abs().sum() == 0 and sae.W_dec.grad[:7].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_decoder_stays_unit_norm_after_steps(name):
+    sae = make(name)
+    sae.normalise_decoder()
+    opt = torch.optim.Adam(sae.param_groups(1e-2), betas=(0.0, 0.999))
+    for i in range(5):
+        opt.zero_grad()
+        sum(sae(x_batch(seed=i)).losses.values()).backward()
+        sae.remove_parallel_grad()
+        assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
+        opt.step()
+        sae.normalise_decoder()
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(N), atol=1e-6)
+
+
+def test_param_counts_match_paper():
+    m, d = N, D
+    assert make("gated").param_count() == 2 * m * d + 3 * m + d
+    assert make("sa-gsae").param_count() == 2 * m * d + 4 * m + d
+    assert make("sa-gsae-untied").param_count() == 2 * m * d + 6 * m + d
+
+
+def test_threshold_reset_and_ablation_switches():
+    sae = make("sa-gsae")
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[:3] = True
+    assert sae.reset_latents(mask) == ["log_threshold", "b_gate"]
+    assert torch.allclose(sae.log_threshold[:3], torch.full((3,), math.log(1e-3)))
+    assert (sae.b_gate[:3] == 0).all() and (sae.b_gate[3:] != 0).all()
+    assert make("no-reset").reset_latents(mask) == []
+    assert "aux" not in make("no-aux")(x_batch()).losses
+    assert (make("one-sided").encode(x_batch()) >= 0).all()
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_save_load_exact_and_folded_export(tmp_path, name):
+    sae = make(name)
+    sae.save(tmp_path / "plain")
+    back, s = load_sae(tmp_path / "plain")
+    assert s == 1.0
+    for (n, p), (_, q) in zip(sae.named_parameters(), back.named_parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=0) if n == "log_threshold" else torch.equal(p, q), n
+    scale = 7.5
+    sae.save(tmp_path / "folded", norm_factor=scale)
+    raw_model, _ = load_sae(tmp_path / "folded", normalised=False)
+    x = x_batch()
+    with torch.no_grad():
+        f_norm = sae.encode(x)
+        f_raw = raw_model.encode(x * scale)  # the export acts on raw activations
+        assert torch.allclose(f_raw, f_norm, atol=1e-4)
+        assert torch.allclose(raw_model.decode(f_raw), scale * sae.decode(f_norm), atol=1e-3)
+    renorm, s = load_sae(tmp_path / "folded")
+    assert s == scale and torch.allclose(renorm.W_dec, sae.W_dec, atol=1e-6)

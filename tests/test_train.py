@@ -1,0 +1,144 @@
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.metrics import R2, axis_recovery, l0, latents_per_axis
+from sagsae_cli.sae import load_sae
+from sagsae_cli.store import open_store
+from sagsae_cli.train import TrainConfig, lr_factor, train
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "A"
+    run_cli("harvest", "--source", "synthetic", "--protocol", "A", "--out", path, "--tokens", 400_000,
+            "--eval-tokens", 20_000, "--quiet", check=0)  # fmt: skip
+    return path
+
+
+def evaluate(run_dir, store):
+    sae, _ = load_sae(run_dir)
+    x = store.read("eval", 0, 20_000, normalise=True)
+    with torch.no_grad():
+        f = sae.encode(x)
+        r2 = R2()
+        r2.update(x, sae.decode(f))
+    live = (f != 0).any(0)
+    axes = torch.from_numpy(store.truth()["axes"])
+    return {
+        "r2": r2.value(), "l0": l0(f), "dead": 1 - live.float().mean().item(),
+        "recovery": axis_recovery(sae.W_dec.detach(), axes, live),
+        "per_axis": latents_per_axis(sae.W_dec.detach(), axes, live),
+    }  # fmt: skip
+
+
+def test_quality_gate_protocol_a(synth, tmp_path):
+    """PAPER.md §4 prototype: SA-GSAE at width 48 recovers 48 antipodal axes with one latent each;
+    the Gated SAE needs width 96 (two latents per axis); without the aux loss SA-GSAE collapses."""
+    common = dict(
+        store=str(synth), tokens=2_000_000, batch=1024, lr=2e-3, log_every=100, checkpoint_every=10**6
+    )
+    cfgs = [
+        TrainConfig(variant="sa-gsae", width=48, l1=0.4, **common),
+        TrainConfig(variant="gated", width=96, l1=0.4, **common),
+        TrainConfig(variant="no-aux", width=48, l1=0.4, **common),
+    ]
+    dirs = train(cfgs, tmp_path, quiet=True)
+    store = open_store(synth)
+    sa, gated, no_aux = (evaluate(d, store) for d in dirs)
+    assert sa["r2"] >= 0.9 and gated["r2"] >= 0.9, (sa, gated)
+    assert sa["recovery"] >= 0.9, sa
+    assert 0.85 <= sa["per_axis"] <= 1.15, sa
+    assert gated["per_axis"] >= 1.5, gated
+    assert sa["dead"] <= gated["dead"] + 1e-9
+    assert no_aux["r2"] < sa["r2"] - 0.5 or no_aux["dead"] > 0.5, no_aux
+
+
+def _train_args(store, out, **over):
+    args = {"--store": store, "--out": out, "--variant": "sa-gsae,gated", "--width": 32, "--l1": "0.3",
+            "--tokens": 200_000, "--batch": 512, "--lr": 1e-3, "--checkpoint-every": 40, "--log-every": 10}  # fmt: skip
+    args.update(over)
+    return ["train", "--quiet", *[str(v) for kv in args.items() for v in kv]]
+
+
+def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
+    run_cli(*_train_args(synth, tmp_path / "ref"), check=0)
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "sagsae_cli", *_train_args(synth, out)])
+    ckpt = out / "sa-gsae-w32-l1_0.3-s0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt.exists() and not (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").exists()
+    run_cli(*_train_args(synth, out), check=0)
+    for run in ("sa-gsae-w32-l1_0.3-s0", "gated-w32-l1_0.3-s0"):
+        a = load_file(str(tmp_path / "ref" / run / "sae_weights.safetensors"))
+        b = load_file(str(out / run / "sae_weights.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
+        import pandas as pd
+
+        ha = pd.read_parquet(tmp_path / "ref" / run / "history.parquet")
+        hb = pd.read_parquet(out / run / "history.parquet")
+        pd.testing.assert_frame_equal(ha, hb)
+    # a rerun of a finished command does nothing and changes nothing
+    before = (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns
+    run_cli(*_train_args(synth, out), check=0)
+    assert (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns == before
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "sagsae_cli", *_train_args(synth, tmp_path, **{"--tokens": "5M"})],
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    hist = tmp_path / "gated-w32-l1_0.3-s0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not hist.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "rerun the same command to resume" in err
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"--variant": "fancy"}, "unknown variant 'fancy'"),
+        ({"--width": -3}, "--width must be positive"),
+        ({"--l1": "-0.1"}, "non-negative"),
+        ({"--store": "/nonexistent/store"}, "no activation store"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(synth, tmp_path, over, message):
+    p = run_cli(*_train_args(synth, tmp_path, **over), check=2)
+    assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_other_config_in_out_dir_refused_without_force(synth, tmp_path):
+    run_cli(*_train_args(synth, tmp_path, **{"--tokens": 5000, "--variant": "gated"}), check=0)
+    p = run_cli(*_train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "gated"}), check=2)
+    assert "different config" in p.stderr and "--force" in p.stderr
+    run_cli(*_train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "gated"}), "--force", check=0)
+
+
+def test_schedules():
+    cfg = TrainConfig(tokens=100 * 4096, batch=4096, warmup_steps=1000)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up capped at 10% of a short run
+    assert lr_factor(50, cfg) == 1.0
+    assert lr_factor(90, cfg) == pytest.approx(0.5)
+    assert lr_factor(99, cfg) == pytest.approx(0.05)
+
+
+def test_sweep_configs_must_share_data(synth):
+    with pytest.raises(SagsaeError, match="share"):
+        train(
+            [TrainConfig(store=str(synth), tokens=1000), TrainConfig(store=str(synth), tokens=2000)], "/tmp/x"
+        )
