@@ -95,8 +95,9 @@ class SAE(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def pre(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared projection u = (x - b_dec) W_enc."""
-        return (x - self.b_dec) @ self.W_enc
+        """Shared projection u = (x - b_dec) W_enc, computed as x W_enc - b_dec W_enc so that
+        b_dec's gradient is a vector-matrix product, not a third (tokens x d x latents) GEMM."""
+        return torch.addmm(-(self.b_dec @ self.W_enc), x, self.W_enc)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sagsae_cli.sae.base import SAE, Output, SAEConfig
+from sagsae_cli.sae.gating import gate_code
 
 
 class GatedSAE(SAE):
@@ -23,17 +24,16 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(n))
 
     def _code(self, u: torch.Tensor):
-        pi = u + self.b_gate
-        f = torch.where(pi > 0, torch.relu(self.r_mag.exp() * u + self.b_mag), 0.0)
-        return f, torch.relu(pi)
+        zero = torch.zeros((), dtype=u.dtype, device=u.device)
+        return gate_code(u, self.b_gate, zero, self.r_mag, self.b_mag, two_sided=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._code(self.pre(x))[0]
 
     def forward(self, x: torch.Tensor) -> Output:
-        f, s = self._code(self.pre(x))
+        f, s, l1 = self._code(self.pre(x))
         x_hat = self.decode(f)
-        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * s.sum(-1).mean()}
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
         if self.cfg.alpha:
             losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
         return Output(x_hat, f, losses)

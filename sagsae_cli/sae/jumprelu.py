@@ -21,39 +21,38 @@ def _kernel(z, theta, eps):
 
 
 class _JumpReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, theta, eps):
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
-        return z * (z > theta)
+    """(f, L0) = (z H(z - theta), mean over tokens of sum_i H(z_i - theta_i)) in one pass, with the
+    straight-through gradients of the module docstring (the kernel is computed once for both)."""
 
     @staticmethod
-    def backward(ctx, g):
-        z, theta = ctx.saved_tensors
-        grad_z = g * (z > theta)
-        grad_theta = (-(theta * _kernel(z, theta, ctx.eps)) * g).sum(0)
+    def forward(ctx, z, theta, eps):
+        active = z > theta
+        ctx.save_for_backward(z, theta, active)
+        ctx.eps = eps
+        return z * active, active.sum(dtype=z.dtype) / max(z.shape[0], 1)
+
+    @staticmethod
+    def backward(ctx, g_f, g_l0):
+        z, theta, active = ctx.saved_tensors
+        k = _kernel(z, theta, ctx.eps)
+        grad_z = grad_theta = None
+        if g_f is not None:
+            grad_z = g_f * active
+            grad_theta = -(theta * (k * g_f).sum(0))
+        if g_l0 is not None:
+            l0_term = -(g_l0 / max(z.shape[0], 1)) * k.sum(0)
+            grad_theta = l0_term if grad_theta is None else grad_theta + l0_term
         return grad_z, grad_theta, None
 
 
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, theta, eps):
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
-        return (z > theta).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, theta = ctx.saved_tensors
-        return None, (-_kernel(z, theta, ctx.eps) * g).sum(0), None
-
-
 def jumprelu(z, theta, eps):
-    return _JumpReLU.apply(z, theta, eps)
+    """JumpReLU with the straight-through threshold gradient."""
+    return _JumpReLU.apply(z, theta, eps)[0]
 
 
 def step(z, theta, eps):
-    return _Step.apply(z, theta, eps)
+    """Per-token count of active latents, summed: sum over tokens of H(z - theta), averaged."""
+    return _JumpReLU.apply(z, theta, eps)[1]
 
 
 class JumpReLUSAE(SAE):
@@ -72,7 +71,6 @@ class JumpReLUSAE(SAE):
     def forward(self, x: torch.Tensor) -> Output:
         z = self.pre(x) + self.b_enc
         theta = self.log_threshold.exp()
-        f = jumprelu(z, theta, self.cfg.bandwidth)
+        f, l0 = _JumpReLU.apply(z, theta, self.cfg.bandwidth)
         x_hat = self.decode(f)
-        l0 = step(z, theta, self.cfg.bandwidth).sum(-1).mean()
         return Output(x_hat, f, {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l0})

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sagsae_cli.sae.base import SAE, Output, SAEConfig
+from sagsae_cli.sae.gating import gate_code
 
 
 class SignAwareSAE(SAE):
@@ -35,32 +36,21 @@ class SignAwareSAE(SAE):
             setattr(self, f"r_mag{side}", nn.Parameter(torch.zeros(n)))
             setattr(self, f"b_mag{side}", nn.Parameter(torch.zeros(n)))
 
-    def _mag(self, side: str):
-        name = "" if self.cfg.tied else side
-        return getattr(self, f"r_mag{name}"), getattr(self, f"b_mag{name}")
-
     def _code(self, u: torch.Tensor):
-        """(f, s): the Bi-Jump-ReLU code and the gate's signed soft-threshold."""
-        pi = u + self.b_gate
-        theta = self.log_threshold.exp()
-        r_pos, b_pos = self._mag("_pos")
-        open_pos = pi > theta
-        f = torch.where(open_pos, torch.relu(r_pos.exp() * u + b_pos), 0.0)
-        s = torch.relu(pi - theta)
-        if not self.cfg.one_sided:
-            r_neg, b_neg = self._mag("_neg")
-            open_neg = pi < -theta
-            f = f - torch.where(open_neg, torch.relu(-(r_neg.exp() * u + b_neg)), 0.0)
-            s = s - torch.relu(-pi - theta)
-        return f, s
+        """(f, s, sum|s| per token): the Bi-Jump-ReLU code and the gate's signed soft-threshold."""
+        if self.cfg.tied:
+            mags = (self.r_mag, self.b_mag)
+        else:
+            mags = (self.r_mag_pos, self.b_mag_pos, self.r_mag_neg, self.b_mag_neg)
+        return gate_code(u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._code(self.pre(x))[0]
 
     def forward(self, x: torch.Tensor) -> Output:
-        f, s = self._code(self.pre(x))
+        f, s, l1 = self._code(self.pre(x))
         x_hat = self.decode(f)
-        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * s.abs().sum(-1).mean()}
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
         if self.cfg.alpha:
             aux_hat = s @ self.W_dec.detach() + self.b_dec.detach()
             losses["aux"] = self.cfg.alpha * self.mse(x, aux_hat)

@@ -1,0 +1,68 @@
+"""Activation-store throughput against what SAE training consumes, measured in one run.
+
+    python benchmarks/store_bench.py [--rows 300000] [--d 576] [--dtype float32]
+
+Prints write rows/s, shuffled-read rows/s (batch 4096, normalised, prefetching) and the ratio of
+the read rate to an SA-GSAE training step's tokens/s (d=576, width 4608, batch 4096, fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from sagsae_cli.reader import ShuffledBatches
+from sagsae_cli.sae import SAEConfig, build_sae
+from sagsae_cli.store import StoreWriter, open_store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=300_000)
+    ap.add_argument("--d", type=int, default=576)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--width", type=int, default=4608)
+    ap.add_argument("--batch", type=int, default=4096)
+    a = ap.parse_args()
+    data = torch.randn(16384, a.d)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        with StoreWriter(f"{tmp}/s", d=a.d, dtype=a.dtype, config={"bench": 1}) as w:
+            for start in range(0, a.rows, 16384):
+                w.append("train", data[: min(16384, a.rows - start)])
+                w.commit()
+        write = a.rows / (time.perf_counter() - t)
+        store = open_store(f"{tmp}/s")
+        reader = ShuffledBatches(store, a.batch, seed=0)
+        t = time.perf_counter()
+        n = sum(x.shape[0] for x in reader.epoch(0))
+        read = n / (time.perf_counter() - t)
+
+    sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=a.d, d_sae=a.width, l1=0.4))
+    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
+    x = torch.randn(a.batch, a.d)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        sum(sae(x).losses.values()).backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        sae.normalise_decoder()
+
+    step()
+    t = time.perf_counter()
+    for _ in range(3):
+        step()
+    train = 3 * a.batch / (time.perf_counter() - t)
+    print(f"rows={a.rows:,} d={a.d} {a.dtype}, {torch.get_num_threads()} threads")
+    print(f"write            {write:12,.0f} rows/s")
+    print(f"shuffled read    {read:12,.0f} rows/s")
+    print(f"SA-GSAE training {train:12,.0f} tokens/s (width {a.width}, batch {a.batch})")
+    print(f"read / training  {read / train:12.1f}x  (must be >= 10)")
+
+
+if __name__ == "__main__":
+    main()

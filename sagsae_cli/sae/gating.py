@@ -1,0 +1,81 @@
+"""The gate + magnitude code shared by the Gated SAE and SA-GSAE, as one fused autograd function.
+
+Given the shared projection u (tokens x latents):
+
+    pi = u + b_gate
+    s  = pi - clamp(pi, -theta, theta)     two-sided: ReLU(pi - theta) - ReLU(-pi - theta)
+    s  = ReLU(pi - theta)                  one-sided (theta = 0: the Gated SAE's ReLU(pi))
+    m± = exp(r±) u + b_mag±
+    f  = m+ [s > 0 and m+ > 0] + m- [s < 0 and m- < 0]       (the Bi-Jump-ReLU; tied: m+ = m-)
+    l1 = sum |s| / tokens
+
+The gate passes no gradient to b_gate or theta through f (a Heaviside); s and l1 do. Writing the
+backward by hand saves about half the passes over the (tokens x latents) arrays that eager autograd
+makes, which is what dominates an SAE step after the GEMMs. ``tests/test_sae_math.py`` checks it
+against finite differences and against the reference formulas.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _GateCode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, b_gate, theta, r_pos, b_pos, r_neg, b_neg, two_sided):
+        pi = u + b_gate
+        if two_sided:
+            s = pi - torch.clamp(pi, -theta, theta)
+        else:
+            s = torch.clamp_min(pi - theta, 0.0)
+        e_pos = r_pos.exp()
+        m_pos = torch.addcmul(b_pos, u, e_pos)
+        if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
+            keep_pos = (s * m_pos) > 0
+            f = m_pos * keep_pos
+            keep_neg = e_neg = None
+        else:
+            e_neg = r_neg.exp()
+            m_neg = torch.addcmul(b_neg, u, e_neg)
+            keep_pos = (s > 0) & (m_pos > 0)
+            keep_neg = (s < 0) & (m_neg < 0)
+            f = m_pos * keep_pos + m_neg * keep_neg
+        n = u.shape[0]
+        l1 = torch.linalg.vector_norm(s, 1) / max(n, 1)
+        ctx.save_for_backward(u, s, keep_pos, keep_neg, e_pos, e_neg, theta)
+        ctx.two_sided = two_sided
+        return f, s, l1
+
+    @staticmethod
+    def backward(ctx, g_f, g_s, g_l1):
+        u, s, keep_pos, keep_neg, e_pos, e_neg, theta = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        sign = torch.sign(s)  # 0 where the gate is closed
+        g_pi = g_s * (s != 0) if g_s is not None else torch.zeros_like(s)
+        if g_l1 is not None:
+            g_pi.add_(sign, alpha=float(g_l1) / max(u.shape[0], 1))
+        grads = [None] * 8
+        g_u = g_pi.clone() if need[0] else None
+        if g_f is not None:
+            for keep, e, i in ((keep_pos, e_pos, 3), (keep_neg, e_neg, 5)):
+                if keep is None:
+                    continue
+                g_m = g_f * keep
+                if g_u is not None:
+                    g_u.addcmul_(g_m, e)
+                if need[i]:
+                    grads[i] = (g_m * u).sum(0) * e
+                if need[i + 1]:
+                    grads[i + 1] = g_m.sum(0)
+        grads[0] = g_u
+        if need[1]:
+            grads[1] = g_pi.sum(0)
+        if need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
+            grads[2] = -(g_pi * sign).sum(0) if ctx.two_sided else -g_pi.sum(0)
+        del theta
+        return tuple(grads)
+
+
+def gate_code(u, b_gate, theta, r_pos, b_pos, r_neg=None, b_neg=None, two_sided=True):
+    """(f, s, l1) as in the module docstring; theta is a per-latent tensor (zeros for the Gated SAE)."""
+    return _GateCode.apply(u, b_gate, theta, r_pos, b_pos, r_neg, b_neg, two_sided)
