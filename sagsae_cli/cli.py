@@ -163,6 +163,32 @@ def train(
         console.print(f"  {path}")
 
 
+@app.command("eval")
+def eval_cmd(
+    runs: list[str] = typer.Argument(..., help="Run directories (shell globs welcome: runs/*)."),
+    results: str = typer.Option("results", help="Results directory (Parquet tables)."),
+    eval_tokens: int = typer.Option(100_000, help="Held-out tokens per run (the same for every run)."),
+    force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
+) -> None:
+    """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
+    latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
+    from sagsae_cli.evaluate import evaluate
+
+    frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force)
+    cols = [
+        c
+        for c in ("run", "params", "r2", "l0", "dead_frac", "axis_recovery", "latents_per_axis")
+        if c in frame
+    ]
+    table = Table(title=f"evaluation ({eval_tokens:,} held-out tokens per run)")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "run" else "right")
+    for _, row in frame.sort_values(["variant", "width", "l1", "k", "seed"]).iterrows():
+        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else f"{row[c]}" for c in cols])
+    console.print(table)
+    console.print(f"table: {results}/eval/")
+
+
 def _print_info(path: str) -> None:
     from sagsae_cli.store import open_store
 

@@ -1,0 +1,102 @@
+"""Evaluate trained runs on their store's held-out ``eval`` split (PAPER.md §6 metrics).
+
+One Parquet part file per run under ``<results>/eval/``, so concurrent evaluations never write the
+same file; ``read_table`` concatenates them. A run already evaluated with the same settings is
+skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.metrics import R2, axis_recovery, latents_per_axis
+from sagsae_cli.reader import sequential_batches
+from sagsae_cli.sae import load_sae
+from sagsae_cli.sae.base import atomic_write
+from sagsae_cli.store import open_store
+
+
+def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096) -> dict:
+    train_cfg = json.loads((run_dir / "train_cfg.json").read_text())
+    store_path = train_cfg.get("extra", {}).get("store") or train_cfg["store"]
+    store = open_store(store_path)
+    sae, _ = load_sae(run_dir)
+    if store.d != sae.cfg.d_in:
+        raise SagsaeError(f"{run_dir} has d_in={sae.cfg.d_in} but its store {store_path} has d={store.d}")
+    n = min(eval_tokens, store.rows("eval"))
+    if n == 0:
+        raise SagsaeError(f"store {store_path} has no eval rows: harvest with --eval-tokens > 0")
+    r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
+    with torch.no_grad():
+        for x in sequential_batches(store, "eval", batch, max_rows=n):
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            r2.update(x, x_hat)
+            sse += float((x - x_hat).pow(2).sum())
+            nz = f != 0
+            active += int(nz.sum())
+            live |= nz.any(0)
+    row = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "variant": sae.cfg.variant,
+        "width": sae.cfg.d_sae,
+        "l1": sae.cfg.l1,
+        "k": sae.cfg.k,
+        "seed": train_cfg["seed"],
+        "model": store.meta.get("model", ""),
+        "hook": store.meta.get("hook", ""),
+        "eval_tokens": n,
+        "r2": r2.value(),
+        "mse": sse / n,
+        "l0": active / n,
+        "dead_frac": 1.0 - float(live.float().mean()),
+        "params": sae.param_count(),
+    }
+    truth = store.truth()
+    if truth is not None:
+        axes = torch.from_numpy(truth["axes"])
+        row["axis_recovery"] = axis_recovery(sae.W_dec.detach(), axes, live)
+        row["latents_per_axis"] = latents_per_axis(sae.W_dec.detach(), axes, live)
+    return row
+
+
+def evaluate(run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False):
+    """Evaluate every finished run; returns the rows (new and skipped) as a DataFrame."""
+    dirs = [Path(d) for d in run_dirs if (Path(d) / "train_cfg.json").exists()]
+    if not dirs:
+        raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
+    out = Path(results) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in dirs:
+        if not (d / "sae_weights.safetensors").exists():
+            raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
+        part = out / f"{d.name}.parquet"
+        if part.exists() and not force:
+            old = pd.read_parquet(part)
+            if int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d)):
+                rows.append(old.iloc[0].to_dict())
+                continue
+        row = evaluate_run(d, eval_tokens)
+        frame = pd.DataFrame([row])
+        atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _eval_rows(run_dir: Path) -> int:
+    cfg = json.loads((run_dir / "train_cfg.json").read_text())
+    return open_store(cfg.get("extra", {}).get("store") or cfg["store"]).rows("eval")
+
+
+def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
+    parts = sorted((Path(results) / table).glob("*.parquet"))
+    if not parts:
+        raise SagsaeError(f"table {table!r} in {results} is empty: run `sagsae {table}` first")
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)

@@ -1,0 +1,41 @@
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from sagsae_cli.evaluate import read_table
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    run_cli("harvest", "--source", "synthetic", "--out", root / "s", "--tokens", 50_000, "--eval-tokens", 4000,
+            "--quiet", check=0)  # fmt: skip
+    run_cli("train", "--store", root / "s", "--out", root / "runs", "--variant", "sa-gsae,gated", "--width", 48,
+            "--l1", "0.4", "--tokens", 60_000, "--batch", 1000, "--lr", 2e-3, "--quiet", check=0)  # fmt: skip
+    return root
+
+
+def test_eval_writes_one_part_per_run_and_skips(runs):
+    p = run_cli("eval", *sorted((runs / "runs").iterdir()), "--results", runs / "res", check=0)
+    assert "sa-gsae-w48-l1_0.4-s0" in p.stderr + p.stdout
+    table = read_table(runs / "res")
+    assert sorted(table["variant"]) == ["gated", "sa-gsae"]
+    assert (table["eval_tokens"] == 4000).all()
+    for _, row in table.iterrows():
+        assert 0 <= row["dead_frac"] <= 1 and row["l0"] >= 0 and row["r2"] <= 1
+        assert 0 < row["axis_recovery"] <= 1 + 1e-9
+    sa = table[table.variant == "sa-gsae"].iloc[0]
+    assert sa["params"] == 2 * 48 * 64 + 4 * 48 + 64
+    part = runs / "res" / "eval" / "sa-gsae-w48-l1_0.4-s0.parquet"
+    before = part.stat().st_mtime_ns
+    run_cli("eval", *sorted((runs / "runs").iterdir()), "--results", runs / "res", check=0)
+    assert part.stat().st_mtime_ns == before  # skipped
+    run_cli("eval", runs / "runs" / "sa-gsae-w48-l1_0.4-s0", "--results", runs / "res", "--force", check=0)
+    assert part.stat().st_mtime_ns != before
+    again = pd.read_parquet(part)
+    assert again["r2"].iloc[0] == pytest.approx(sa["r2"])  # deterministic
+
+
+def test_eval_bad_input(runs, tmp_path):
+    p = run_cli("eval", tmp_path / "nothing", "--results", tmp_path / "r", check=2)
+    assert "no run directories matched" in p.stderr and "Traceback" not in p.stderr
