@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -114,6 +115,9 @@ def train(
         "0.4", help="Sparsity coefficient(s) lambda, comma-separated (L0 coef. for jumprelu)."
     ),
     k: str = typer.Option("32", help="TopK: k value(s), comma-separated."),
+    target_l0: str = typer.Option(
+        "0", help="Adapt the coefficient to land at this L0 (comma-separated; 0 = off)."
+    ),
     seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
     tokens: str = typer.Option("50M", help="Training tokens per run (50M, 200k, 1e6 ...)."),
     batch: int = typer.Option(4096, help="Tokens per batch."),
@@ -125,6 +129,13 @@ def train(
         "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10%%))."
     ),
     data_seed: int = typer.Option(0, help="Seed of the batch order (shared by the sweep)."),
+    data_shards: int = typer.Option(
+        0,
+        help="Shards per global batch (0 = number of processes); set it "
+        "to a torchrun run's process count to replay its batches on one device.",
+    ),  # fmt: skip
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    dtype: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     log_every: int = typer.Option(50, help="Steps between history rows."),
     force: bool = typer.Option(False, help="Overwrite runs made with another config."),
@@ -146,21 +157,26 @@ def train(
     cfgs = []
     for v in [v.strip() for v in variant.split(",") if v.strip()]:
         is_topk = resolve(v) == "topk"
-        for coef in _floats(k, "--k") if is_topk else _floats(l1, "--l1"):
+        targets = [] if is_topk else [t for t in _floats(target_l0, "--target-l0") if t > 0]
+        coefs = (
+            _floats(k, "--k") if is_topk else (_floats(l1, "--l1")[:1] if targets else _floats(l1, "--l1"))
+        )
+        for coef, target in [(c, t) for c in coefs for t in (targets or [0.0])]:
             for seed in seed_list:
                 cfgs.append(
                     TrainConfig(
                         variant=v, width=width, l1=0.0 if is_topk else coef, k=int(coef) if is_topk else 0,
-                        seed=seed, data_seed=data_seed, tokens=_tokens(tokens), batch=batch, lr=lr,
+                        target_l0=target, seed=seed, data_seed=data_seed, data_shards=data_shards, tokens=_tokens(tokens), batch=batch, lr=lr,
                         threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0,
                         dead_window=_tokens(dead_window), checkpoint_every=checkpoint_every,
                         log_every=log_every, store=store,
                     )
                 )  # fmt: skip
-    dirs = run_training(cfgs, out, force=force, quiet=quiet)
-    console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
-    for path in dirs:
-        console.print(f"  {path}")
+    dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype)
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
+        for path in dirs:
+            console.print(f"  {path}")
 
 
 @app.command("eval")

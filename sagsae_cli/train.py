@@ -1,6 +1,8 @@
 """The training loop (PAPER.md §4): Adam (betas 0, 0.999), linear lr warm-up and final-20% decay,
 10x lr on thresholds, lambda warm-up, gradient clip, unit-norm decoder, dead-latent threshold resets,
 atomic checkpoints and exact resume. Several runs (a sweep) share each batch read from the store.
+Under torchrun each rank reads its own shard; gradients, losses and dead-latent counters are summed
+across ranks (weighted by rows, so a short or empty tail batch is exact) and rank 0 writes.
 
 A run directory holds ``cfg.json`` (the SAE, SAELens-style) + ``sae_weights.safetensors`` when done,
 ``train_cfg.json`` (what produced it), ``checkpoints/last.pt`` and ``history.parquet``.
@@ -11,14 +13,16 @@ from __future__ import annotations
 import json
 import math
 import signal
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.metrics import R2, fired, l0
+from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
 from sagsae_cli.sae import SAE, SAEConfig, build_sae, resolve
@@ -32,10 +36,12 @@ class TrainConfig:
     width: int = 4608
     l1: float = 0.4  # lambda; the L0 coefficient for jumprelu; unused by topk
     k: int = 0  # topk
+    target_l0: float = 0.0  # > 0: adapt the coefficient during training to land at this L0
     seed: int = 0  # model init
     data_seed: int = 0  # batch order (shared by every run of a sweep)
+    data_shards: int = 0  # shards of each global batch (0 = the world size); fixes the batch order
     tokens: int = 50_000_000
-    batch: int = 4096
+    batch: int = 4096  # global batch (all ranks together)
     lr: float = 3e-4
     threshold_lr_mult: float = 10.0
     warmup_steps: int = 1000  # capped at 10% of the run
@@ -59,15 +65,20 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        coef = f"k{self.k}" if resolve(self.variant) == "topk" else f"l1_{self.l1:g}"
+        if resolve(self.variant) == "topk":
+            coef = f"k{self.k}"
+        elif self.target_l0 > 0:
+            coef = f"l0_{self.target_l0:g}"
+        else:
+            coef = f"l1_{self.l1:g}"
         return f"{resolve(self.variant)}-w{self.width}-{coef}-s{self.seed}"
 
     def validate(self) -> None:
         resolve(self.variant)
         if self.width <= 0:
             raise SagsaeError(f"--width must be positive (got {self.width})")
-        if self.l1 < 0:
-            raise SagsaeError(f"sparsity coefficients must be non-negative (got {self.l1})")
+        if self.l1 < 0 or self.target_l0 < 0:
+            raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
         if resolve(self.variant) == "topk" and not 0 < self.k <= self.width:
             raise SagsaeError(f"topk needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
@@ -88,19 +99,25 @@ def l1_factor(step: int, cfg: TrainConfig) -> float:
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
 
 
+L0_GAIN = 0.02  # target-L0 controller: log(coef) moves by this x the relative L0 error per step
+
+
 class Run:
     """One SAE being trained: model, optimiser, step and history, with checkpoint/resume."""
 
-    def __init__(self, cfg: TrainConfig, d_in: int, out: Path, sample: torch.Tensor, force: bool):
-        self.cfg, self.dir = cfg, out / cfg.run_id
+    def __init__(
+        self, cfg: TrainConfig, d_in: int, out: Path, sample: torch.Tensor, world: World, force: bool
+    ):
+        self.cfg, self.dir, self.world = cfg, out / cfg.run_id, world
         sae_cfg = SAEConfig(
             architecture="", d_in=d_in, d_sae=cfg.width, l1=cfg.l1, k=cfg.k, theta0=cfg.theta0,
             dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
         )  # fmt: skip
         self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
         self.sae.init_b_dec(sample)
+        self.sae.to(world.device)
         self.opt = torch.optim.Adam(self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(0.0, 0.999))
-        self.step, self.history = 0, []
+        self.step, self.history, self.coef = 0, [], cfg.l1
         self._claim(force)
 
     @property
@@ -125,14 +142,15 @@ class Run:
             if self.ckpt.exists():
                 self._load()
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.ckpt, self.dir / "sae_weights.safetensors", self.dir / "history.parquet"):
-            stale.unlink(missing_ok=True)
-        atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
+        if self.world.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in (self.ckpt, self.dir / "sae_weights.safetensors", self.dir / "history.parquet"):
+                stale.unlink(missing_ok=True)
+            atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
 
     def _load(self) -> None:
         try:
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+            state = torch.load(self.ckpt, map_location=self.world.device, weights_only=False)
         except Exception as e:
             raise SagsaeError(f"checkpoint {self.ckpt} is unreadable ({e}): rerun with --force") from None
         if state["sae"]["W_enc"].shape != self.sae.W_enc.shape:
@@ -142,51 +160,94 @@ class Run:
             )
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["opt"])
-        self.step, self.history = state["step"], state["history"]
+        self.step, self.history, self.coef = state["step"], state["history"], state.get("coef", self.cfg.l1)
 
     def save_checkpoint(self) -> None:
+        if not self.world.main:
+            return
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         state = {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                 "history": self.history}  # fmt: skip
+                 "history": self.history, "coef": self.coef}  # fmt: skip
         atomic_write(self.ckpt, lambda p: torch.save(state, p))
-        self.write_history()
-
-    def write_history(self) -> None:
         if self.history:
             frame = pd.DataFrame(self.history)
             atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))
 
     def finish(self, norm_factor: float) -> None:
-        self.sae.save(self.dir, norm_factor=norm_factor)
+        if self.world.main:
+            self.sae.cfg.l1 = self.coef  # the coefficient the run ended with (target-L0 runs adapt it)
+            self.sae.to("cpu").save(self.dir, norm_factor=norm_factor)
+            self.sae.to(self.world.device)
         self.save_checkpoint()
 
     # --- one optimiser step -------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, autocast) -> dict:
         cfg, sae = self.cfg, self.sae
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg)
-        out = sae(x)
-        terms = dict(out.losses)
-        if "sparsity" in terms:
-            terms["sparsity"] = terms["sparsity"] * l1_factor(self.step, cfg)
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        sae.cfg.l1 = self.coef * l1_factor(self.step, cfg)
+        n = x.shape[0]
+        self.opt.zero_grad(set_to_none=False)
+        if n:
+            with autocast:
+                out = sae(x)
+            terms = {k: v.float() for k, v in out.losses.items()}
+            loss = sum(terms.values())
+            loss.backward()
+            f, x_hat = out.f.detach(), out.x_hat.detach().float()
+        else:  # an empty tail batch on this rank: contribute nothing, but join the collectives
+            terms, loss = {}, torch.zeros((), device=x.device)
+            f, x_hat = torch.zeros(0, cfg.width, device=x.device), x
+            for p in sae.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        terms = {k: v.detach() for k, v in terms.items()}
+        n_total, loss_total, fired_any, active, terms = self._reduce(n, loss.detach(), f, terms)
+        if not math.isfinite(loss_total):
             raise SagsaeError(
-                f"run {cfg.run_id}: loss is {float(loss)} at step {self.step}; the last good checkpoint "
+                f"run {cfg.run_id}: loss is {loss_total} at step {self.step}; the last good checkpoint "
                 f"is kept in {self.ckpt.parent}. Try a lower --lr"
             )
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         sae.remove_parallel_grad()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
         self.opt.step()
         sae.normalise_decoder()
-        sae.update_fired(fired(out.f.detach()), x.shape[0])
+        sae.update_fired(fired_any, n_total)
         if self.step < int(cfg.steps * (1 - cfg.decay_frac)):
             self._reset_dead()
+        l0_global = active / max(n_total, 1)
+        if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
+            err = (l0_global - cfg.target_l0) / cfg.target_l0
+            self.coef *= math.exp(L0_GAIN * max(-1.0, min(1.0, err)))
         self.step += 1
-        terms = {k: v.detach() for k, v in terms.items()}
-        return {"loss": loss.detach(), "x_hat": out.x_hat.detach(), "f": out.f.detach(), "terms": terms}
+        return {"loss": loss_total, "x_hat": x_hat, "f": f, "terms": terms, "l0": l0_global}
+
+    TERMS = ("mse", "sparsity", "aux")
+
+    def _reduce(self, n: int, loss: torch.Tensor, f: torch.Tensor, terms: dict):
+        """Global (rows, mean loss, fired flags, active count, mean terms): row-weighted gradients,
+        losses, L0 counts and fired flags are summed over ranks in one all-reduce."""
+        active = float((f != 0).sum())
+        if not self.world.active:
+            return n, float(loss), fired(f), active, {k: float(v) for k, v in terms.items()}
+        params = list(self.sae.parameters())
+        dev = self.world.device
+        scalars = torch.tensor(
+            [float(n), float(loss) * n, active]
+            + [float(terms[k]) * n if k in terms else 0.0 for k in self.TERMS],
+            device=dev,
+        )
+        flat = torch.cat([p.grad.reshape(-1) * n for p in params] + [scalars, fired(f).float().to(dev)])
+        all_reduce_sum(flat, self.world)
+        i = 0
+        sums = flat[sum(p.numel() for p in params) :]
+        n_total = int(sums[0].item())
+        for p in params:
+            p.grad.copy_(flat[i : i + p.numel()].view_as(p) / max(n_total, 1))
+            i += p.numel()
+        mean = (sums[: len(scalars)] / max(n_total, 1)).tolist()
+        out_terms = {k: mean[3 + j] for j, k in enumerate(self.TERMS) if k in terms or n == 0}
+        return n_total, mean[1], sums[len(scalars) :] > 0, float(sums[2]), out_terms
 
     @torch.no_grad()
     def _reset_dead(self) -> None:
@@ -203,14 +264,15 @@ class Run:
     def log(self, x: torch.Tensor, result: dict) -> dict:
         f = result["f"]
         r2 = R2()
-        r2.update(x, result["x_hat"])
+        r2.update(x.float(), result["x_hat"])
         row = {
             "step": self.step,
             "tokens": self.step * self.cfg.batch,
             "lr": self.opt.param_groups[0]["lr"],
+            "coef": self.coef,
             "loss": float(result["loss"]),
             **{k: float(v) for k, v in result["terms"].items()},
-            "l0": l0(f),
+            "l0": result["l0"],
             "r2": r2.value(),
             "dead_frac": float(self.sae.dead_mask(self.cfg.dead_tokens).float().mean()),
             "neg_frac": float((f < 0).sum() / (f != 0).sum().clamp_min(1)),
@@ -223,40 +285,72 @@ class Run:
 
 
 def train(
-    cfgs: list[TrainConfig], out: str | Path, *, force: bool = False, quiet: bool = False
+    cfgs: list[TrainConfig],
+    out: str | Path,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> list[Path]:
-    """Train every config (all must share store, tokens, batch and data_seed) in one pass over the
-    data: each batch is read once and fed to every unfinished run. Resumes from checkpoints."""
+    """Train every config (all must share store, tokens, batch and data seed) in one pass over the
+    data: each batch is read once and fed to every unfinished run. Resumes from checkpoints.
+
+    ``dtype``: ``bf16`` runs the forward under bfloat16 autocast (fp32 master weights and
+    optimiser); ``auto`` picks bf16 on CUDA and fp32 elsewhere.
+    """
     if not cfgs:
         raise SagsaeError("nothing to train")
     base = cfgs[0]
     for c in cfgs:
         c.validate()
-        if (c.store, c.tokens, c.batch, c.data_seed) != (base.store, base.tokens, base.batch, base.data_seed):
-            raise SagsaeError("runs of one sweep must share --store, --tokens, --batch and --data-seed")
+        shared = ("store", "tokens", "batch", "data_seed", "data_shards")
+        if any(getattr(c, k) != getattr(base, k) for k in shared):
+            raise SagsaeError(
+                "runs of one sweep must share --store, --tokens, --batch and the data seed/shards"
+            )
+    dev = pick_device(device)
+    world = init_world(dev)
+    shards = base.data_shards or world.size
+    if world.active and shards != world.size:
+        raise SagsaeError(f"--data-shards {shards} must equal the number of processes ({world.size}) or be 0")
+    if base.batch % shards:
+        raise SagsaeError(f"--batch {base.batch} must divide evenly into {shards} shards")
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    if dtype not in ("fp32", "bf16"):
+        raise SagsaeError(f"--dtype must be auto, fp32 or bf16 (got {dtype!r})")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
     store = open_store(base.store)
     if store.rows("train") == 0:
         raise SagsaeError(f"store {base.store} has no train rows: finish `sagsae harvest` first")
-    reader = ShuffledBatches(store, base.batch, seed=base.data_seed)
+    reader = ShuffledBatches(
+        store, base.batch // shards, seed=base.data_seed, world_size=shards,
+        rank=world.rank if world.active else None,
+    )  # fmt: skip
     sample = store.read("train", 0, min(store.rows("train"), 65536), normalise=True)
     extra = {"store": str(Path(base.store).resolve()), "model_name": store.meta.get("model", ""),
              "hook_name": store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
     out = Path(out)
-    runs = [Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, force) for c in cfgs]
+    runs = [Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, world, force) for c in cfgs]
+    barrier(world)
     todo = [r for r in runs if not r.done]
     if not todo:
         return [r.dir for r in runs]
     stop = _StopFlag()
     start = min(r.step for r in todo)
-    with stop, progress_bar(f"train {len(todo)} run(s)", total=base.steps * base.batch, quiet=quiet) as bar:
+    total = base.steps * base.batch
+    with stop, progress_bar(f"train {len(todo)} run(s)", total=total, quiet=quiet or not world.main) as bar:
         bar.advance(start * base.batch)
         step = start
         while step < base.steps and not stop.requested:
             epoch, offset = divmod(step, len(reader))
             for x in reader.epoch(epoch, start_batch=offset):
+                x = x.to(dev, non_blocking=True)
                 for r in todo:
                     if r.step == step:
-                        result = r.train_step(x)
+                        result = r.train_step(x, autocast)
                         if r.step % base.log_every == 0 or r.step == base.steps:
                             row = r.log(x, result)
                             if r is todo[0]:
@@ -266,7 +360,8 @@ def train(
                         if r.step % base.checkpoint_every == 0:
                             r.save_checkpoint()
                 step += 1
-                bar.advance(x.shape[0])
+                bar.advance(base.batch)
+                stop.requested = all_agree(stop.requested, world)
                 if step >= base.steps or stop.requested:
                     break
         for r in todo:
@@ -274,6 +369,7 @@ def train(
                 r.finish(store.norm_factor)
             else:
                 r.save_checkpoint()
+    barrier(world)
     if stop.requested:
         raise SagsaeError(
             f"stopped by signal at step {step}: checkpoints saved; rerun the same command to resume"

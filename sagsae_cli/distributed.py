@@ -1,0 +1,71 @@
+"""torch.distributed plumbing for `torchrun --nproc-per-node K -m sagsae_cli ...`.
+
+Without torchrun's environment (RANK, WORLD_SIZE) everything here is a no-op and the world is one
+process. With it: gloo on CPU, nccl on CUDA, one process per device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device: torch.device) -> World:
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return World(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda (this process's local rank) when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            from sagsae_cli.errors import SagsaeError
+
+            raise SagsaeError("--device cuda but no CUDA device is visible: use --device cpu or auto")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(name)
+
+
+def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
+    if world.active:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        dist.barrier()
+
+
+def all_agree(flag: bool, world: World) -> bool:
+    """True on every rank if any rank says True (e.g. a stop signal)."""
+    if not world.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
