@@ -99,7 +99,7 @@ def l1_factor(step: int, cfg: TrainConfig) -> float:
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
 
 
-L0_GAIN = 0.02  # target-L0 controller: log(coef) moves by this x the relative L0 error per step
+L0_GAIN = 0.05  # target-L0 controller: log(coef) moves by this x the relative L0 error per step
 
 
 class Run:

@@ -142,3 +142,15 @@ def test_sweep_configs_must_share_data(synth):
         train(
             [TrainConfig(store=str(synth), tokens=1000), TrainConfig(store=str(synth), tokens=2000)], "/tmp/x"
         )
+
+
+def test_target_l0_controller_lands_near_the_target(synth, tmp_path):
+    cfg = TrainConfig(variant="gated", width=96, l1=0.4, target_l0=4.0, store=str(synth), tokens=800_000,
+                      batch=1024, lr=2e-3, log_every=20, checkpoint_every=10**6)  # fmt: skip
+    (run,) = train([cfg], tmp_path, quiet=True)
+    assert run.name == "gated-w96-l0_4-s0"
+    import pandas as pd
+
+    hist = pd.read_parquet(run / "history.parquet")
+    assert hist["l0"].tail(5).mean() == pytest.approx(4.0, rel=0.15)
+    assert hist["coef"].iloc[-1] < 0.4  # the controller lowered lambda from its starting value
