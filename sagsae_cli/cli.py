@@ -40,10 +40,40 @@ def _root(
 
 @app.command()
 def harvest(
-    out: str = typer.Option(..., "--out", "-o", help="Store directory to create or resume."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Store directory (one sub-directory per hook if several)."
+    ),
+    model: str = typer.Option(
+        "smollm2-135m", help="Hub id, alias (pythia-1b, smollm3-3b, gpt2, ...), local dir or .gguf."
+    ),
+    hook: str = typer.Option(
+        "resid_mid",
+        help="resid_pre, resid_mid, resid_post, attn_out, mlp_out or "
+        "blocks.L.hook_NAME; comma-separated for several stores in one pass.",
+    ),  # fmt: skip
+    layer: Optional[int] = typer.Option(None, help="Layer (default: mid-depth, n_layers // 2)."),
+    revision: Optional[str] = typer.Option(None, help="Model revision (hub)."),
+    dataset: str = typer.Option(
+        "shakespeare", help="shakespeare, a local .txt/.jsonl/.parquet file or folder, or a hub dataset."
+    ),
+    dataset_split: str = typer.Option("train", help="Hub dataset split."),
+    text_column: str = typer.Option("text", help="Text column (.jsonl, .parquet, hub)."),
+    context: int = typer.Option(128, help="Tokens per window (BOS included)."),
+    batch_size: int = typer.Option(16, help="Windows per forward pass."),
+    keep_bos: bool = typer.Option(False, help="Keep position 0 (BOS / attention sink; excluded by default)."),
+    max_norm_ratio: float = typer.Option(
+        10.0, help="Drop tokens whose norm exceeds this x the median (0 = keep all)."
+    ),
+    model_dtype: str = typer.Option(
+        "auto", help="Model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    tokens: int = typer.Option(1_000_000, help="Train-split tokens."),
+    eval_tokens: int = typer.Option(100_000, help="Eval-split tokens (from documents train never sees)."),
+    dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
     source: str = typer.Option("lm", help="lm (a language model) or synthetic (PAPER.md §7 ground truth)."),
     protocol: str = typer.Option(
-        "A", help="Synthetic protocol: A (rho sweep), B (pair fraction), C (widths)."
+        "A", help="Synthetic: protocol A (rho sweep), B (pair fraction), C (widths)."
     ),
     d: int = typer.Option(64, help="Synthetic: dimension."),
     n_axes: int = typer.Option(48, help="Synthetic: number of unit axes K."),
@@ -51,10 +81,7 @@ def harvest(
     paired_fraction: Optional[float] = typer.Option(None, help="Synthetic: fraction of paired axes."),
     l0: float = typer.Option(2.0, help="Synthetic: mean active features per token."),
     noise: float = typer.Option(0.01, help="Synthetic: Gaussian noise std per dimension."),
-    tokens: int = typer.Option(1_000_000, help="Train-split tokens."),
-    eval_tokens: int = typer.Option(100_000, help="Eval-split tokens (never from train sequences)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
+    seed: int = typer.Option(0, help="Synthetic: random seed."),
     force: bool = typer.Option(False, help="Delete an existing store made by another config and start over."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -76,9 +103,36 @@ def harvest(
         _print_info(out)
         console.print(f"[green]done[/green]: {rows['train']:,} train + {rows['eval']:,} eval rows in {out}")
     elif source == "lm":
-        raise SagsaeError("harvesting from a language model is not available yet: use --source synthetic")
+        from sagsae_cli.harvest import HarvestConfig
+        from sagsae_cli.harvest import harvest as run_harvest
+
+        cfg = HarvestConfig(
+            model=model, revision=revision, hooks=tuple(h.strip() for h in hook.split(",") if h.strip()),
+            layer=layer, dataset=dataset, dataset_split=dataset_split, text_column=text_column, context=context,
+            tokens=tokens, eval_tokens=eval_tokens, batch_size=batch_size, keep_bos=keep_bos,
+            max_norm_ratio=max_norm_ratio, dtype=dtype, model_dtype=model_dtype, device=device,
+        )  # fmt: skip
+        for path in run_harvest(cfg, out, force=force, quiet=quiet).values():
+            _print_info(str(path))
+            _print_summary(str(path))
     else:
         raise SagsaeError(f"unknown --source {source!r}: use lm or synthetic")
+
+
+def _print_summary(path: str) -> None:
+    from sagsae_cli.store import open_store
+
+    s = open_store(path)
+    c = s.commit_state["cursor"]
+    seen = c.get("train_seen", 0) + c.get("eval_seen", 0)
+    dropped = c.get("train_dropped", 0) + c.get("eval_dropped", 0)
+    share = dropped / seen if seen else 0.0
+    console.print(
+        f"[green]done[/green] {path}: {s.rows('train'):,} train + {s.rows('eval'):,} eval tokens, "
+        f"{s.disk_bytes() / 2**20:,.1f} MiB, norm factor {s.norm_factor:.4g}; "
+        f"{dropped:,} of {seen:,} tokens ({share:.3%}) exceeded {s.meta.get('max_norm_ratio')}x the median norm "
+        "and were dropped"
+    )
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -184,18 +238,20 @@ def eval_cmd(
     runs: list[str] = typer.Argument(..., help="Run directories (shell globs welcome: runs/*)."),
     results: str = typer.Option("results", help="Results directory (Parquet tables)."),
     eval_tokens: int = typer.Option(100_000, help="Held-out tokens per run (the same for every run)."),
+    bipolar_threshold: float = typer.Option(0.1, help="Minority share at which a latent counts as bipolar."),
+    lr_windows: int = typer.Option(16, help="Held-out windows for loss recovered on LM stores (0 = skip)."),
+    model: Optional[str] = typer.Option(None, help="Model for loss recovered (default: the store's)."),
     force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
 ) -> None:
     """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
     latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
     from sagsae_cli.evaluate import evaluate
 
-    frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force)
-    cols = [
-        c
-        for c in ("run", "params", "r2", "l0", "dead_frac", "axis_recovery", "latents_per_axis")
-        if c in frame
-    ]
+    frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
+                     lr_windows=lr_windows, model=model)  # fmt: skip
+    cols = ["run", "params", "r2", "l0", "dead_frac", "bipolar_frac", "loss_recovered", "axis_recovery",
+            "latents_per_axis"]  # fmt: skip
+    cols = [c for c in cols if c in frame]
     table = Table(title=f"evaluation ({eval_tokens:,} held-out tokens per run)")
     for c in cols:
         table.add_column(c, justify="left" if c == "run" else "right")
@@ -203,6 +259,95 @@ def eval_cmd(
         table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else f"{row[c]}" for c in cols])
     console.print(table)
     console.print(f"table: {results}/eval/")
+
+
+@app.command()
+def ablate(
+    store: str = typer.Option(..., "--store", "-s", help="Activation store."),
+    width: int = typer.Option(..., help="Width H (gated also runs at 2H)."),
+    l1: float = typer.Option(0.4, help="Sparsity coefficient for every variant."),
+    target_l0: float = typer.Option(0.0, help="Adapt each run's coefficient to this L0 instead (0 = off)."),
+    seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
+    tokens: str = typer.Option("50M", help="Training tokens per run."),
+    batch: int = typer.Option(4096, help="Tokens per batch."),
+    lr: float = typer.Option(3e-4, help="Base learning rate."),
+    out: str = typer.Option("runs", help="Directory of run directories."),
+    results: str = typer.Option("results", help="Results directory."),
+    eval_tokens: int = typer.Option(100_000, help="Held-out tokens per run."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", help="auto, fp32 or bf16."),
+    force: bool = typer.Option(False, help="Retrain and re-evaluate."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """The ablation grid: tied, untied, no-aux, one-sided, no-reset, gated at H and gated at 2H;
+    trained in one pass, evaluated, and tabulated relative to the tied default."""
+    from sagsae_cli.ablate import ablate as run_ablate
+    from sagsae_cli.train import TrainConfig
+
+    base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=_tokens(tokens), batch=batch, lr=lr,
+                       store=store)  # fmt: skip
+    seed_list = [int(x) for x in _floats(seeds, "--seeds")]
+    table = run_ablate(
+        base, seed_list, out, results, eval_tokens, force=force, quiet=quiet, device=device, dtype=dtype
+    )
+    agg = (
+        table.groupby("label")[["r2", "l0", "dead_frac", "delta_r2"]]
+        .mean()
+        .sort_values("r2", ascending=False)
+    )
+    t = Table(title=f"ablations at width {width} (seed means; delta vs sa-gsae@{width})")
+    for c in ("variant", "R²", "L0", "dead", "ΔR²"):
+        t.add_column(c, justify="left" if c == "variant" else "right")
+    for label, r in agg.iterrows():
+        t.add_row(label, f"{r.r2:.4f}", f"{r.l0:.2f}", f"{r.dead_frac:.3f}", f"{r.delta_r2:+.4f}")
+    console.print(t)
+
+
+@app.command()
+def compare(
+    results: str = typer.Option("results", help="Results directory holding the eval table."),
+    matched_l0: float = typer.Option(64.0, help="L0 at which dead fractions are compared."),
+    a: str = typer.Option("sa-gsae", help="Variant at width H (SA-half)."),
+    b: str = typer.Option("gated", help="Variant at width 2H (Gated-full)."),
+) -> None:
+    """The paper's comparison per cell: Pareto verdict of A@H against B@2H over their L0 overlap,
+    dead-fraction cut at a matched L0 and the sweep-geomean dead ratio. Saves <results>/compare/."""
+    from sagsae_cli.compare import compare as run_compare
+    from sagsae_cli.compare import write_compare
+    from sagsae_cli.evaluate import read_table
+
+    frame = run_compare(read_table(results), matched_l0=matched_l0, a=a, b=b)
+    path = write_compare(frame, results)
+    table = Table(title=f"{a} at H against {b} at 2H (R² vs L0, seed means)")
+    heads = ["cell", "A vs B", "L0 overlap", "A dominates", "worst gap", "max |gap|", f"dead cut @L0={matched_l0:g}",
+             "dead ratio (geomean)"]  # fmt: skip
+    for h in heads:
+        table.add_column(h, justify="right" if h != "cell" else "left")
+    for _, r in frame.iterrows():
+        overlap = f"{r.overlap_lo:.3g}-{r.overlap_hi:.3g}" if r.overlap else "none"
+        table.add_row(f"{r.model} {r.hook}", f"{r.a} vs {r.b}", overlap, str(r.dominates), f"{r.worst_gap:+.4f}",
+                      f"{r.max_abs_gap:.4f}", f"{r.dead_cut_at_l0:+.3f}", f"{r.dead_ratio_geomean:.3g}x")  # fmt: skip
+    console.print(table)
+    console.print(f"saved {path}")
+
+
+@app.command()
+def plot(
+    name: str = typer.Argument(..., help="pareto, dead, census, ablation or training."),
+    results: str = typer.Option("results", help="Results directory (tables from eval / compare / ablate)."),
+    runs: list[str] = typer.Option(None, "--run", help="training: run directories (repeat the flag)."),
+    out: str = typer.Option("figures", help="Directory for the PNG and PDF files."),
+) -> None:
+    """Draw a figure from the result tables (PNG + PDF)."""
+    from sagsae_cli.plots import PLOTS, plot_training
+
+    if name == "training":
+        paths = plot_training(runs or [], out)
+    elif name in PLOTS:
+        paths = PLOTS[name](results, out)
+    else:
+        raise SagsaeError(f"unknown plot {name!r}: choose pareto, dead, census, ablation or training")
+    console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _print_info(path: str) -> None:

@@ -14,14 +14,15 @@ import pandas as pd
 import torch
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.metrics import R2, axis_recovery, latents_per_axis
+from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, latents_per_axis
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
 from sagsae_cli.sae.base import atomic_write
 from sagsae_cli.store import open_store
 
 
-def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096) -> dict:
+def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None):
+    """(summary row, per-latent census table) of one run on its store's eval split."""
     train_cfg = json.loads((run_dir / "train_cfg.json").read_text())
     store_path = train_cfg.get("extra", {}).get("store") or train_cfg["store"]
     store = open_store(store_path)
@@ -32,6 +33,7 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096) -> dict:
     if n == 0:
         raise SagsaeError(f"store {store_path} has no eval rows: harvest with --eval-tokens > 0")
     r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
+    census = Census(sae.cfg.d_sae)
     with torch.no_grad():
         for x in sequential_batches(store, "eval", batch, max_rows=n):
             f = sae.encode(x)
@@ -41,6 +43,7 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096) -> dict:
             nz = f != 0
             active += int(nz.sum())
             live |= nz.any(0)
+            census.update(f)
     row = {
         "run": run_dir.name,
         "run_dir": str(run_dir),
@@ -57,33 +60,59 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096) -> dict:
         "l0": active / n,
         "dead_frac": 1.0 - float(live.float().mean()),
         "params": sae.param_count(),
+        "bipolar_threshold": bipolar_threshold,
     }
+    census_table = census.table()
+    row.update(census_summary(census_table, bipolar_threshold))
     truth = store.truth()
     if truth is not None:
         axes = torch.from_numpy(truth["axes"])
         row["axis_recovery"] = axis_recovery(sae.W_dec.detach(), axes, live)
         row["latents_per_axis"] = latents_per_axis(sae.W_dec.detach(), axes, live)
-    return row
+    if lm is not None:
+        row.update(_loss_recovered(run_dir, store, *lm))
+    census_table.insert(0, "run", run_dir.name)
+    return row, census_table
 
 
-def evaluate(run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False):
+def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) -> dict:
+    from sagsae_cli.splice import eval_windows, loss_recovered
+
+    ids = eval_windows(store, tokenizer, max_windows)
+    if ids is None:
+        return {}
+    raw_sae, _ = load_sae(run_dir, normalised=False)  # folded weights act on raw activations
+    with torch.no_grad():
+        out = loss_recovered(model, ids, store.meta["hook"], int(store.meta["layer"]),
+                             lambda x: raw_sae.decode(raw_sae.encode(x)))  # fmt: skip
+    return {**out, "lr_windows": int(ids.shape[0])}
+
+
+def evaluate(
+    run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False,
+    bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None,
+):  # fmt: skip
     """Evaluate every finished run; returns the rows (new and skipped) as a DataFrame."""
     dirs = [Path(d) for d in run_dirs if (Path(d) / "train_cfg.json").exists()]
     if not dirs:
         raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
-    out = Path(results) / "eval"
+    out, census_dir = Path(results) / "eval", Path(results) / "census"
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    census_dir.mkdir(parents=True, exist_ok=True)
+    rows, lms = [], {}
     for d in dirs:
         if not (d / "sae_weights.safetensors").exists():
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
         part = out / f"{d.name}.parquet"
         if part.exists() and not force:
             old = pd.read_parquet(part)
-            if int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d)):
+            same = int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d))
+            if same and float(old["bipolar_threshold"].iloc[0]) == bipolar_threshold:
                 rows.append(old.iloc[0].to_dict())
                 continue
-        row = evaluate_run(d, eval_tokens)
+        row, census = evaluate_run(d, eval_tokens, bipolar_threshold=bipolar_threshold,
+                                   lm=_lm_for(d, lr_windows, model, lms))  # fmt: skip
+        atomic_write(census_dir / part.name, lambda p, c=census: c.to_parquet(p, index=False))
         frame = pd.DataFrame([row])
         atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
         rows.append(row)
@@ -100,3 +129,20 @@ def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
     if not parts:
         raise SagsaeError(f"table {table!r} in {results} is empty: run `sagsae {table}` first")
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):
+    """(model, tokenizer, windows) for loss recovered, or None (synthetic store, or disabled)."""
+    if lr_windows <= 0:
+        return None
+    cfg = json.loads((run_dir / "train_cfg.json").read_text())
+    store = open_store(cfg.get("extra", {}).get("store") or cfg["store"])
+    if store.meta.get("source") != "lm":
+        return None
+    name = override or store.meta.get("model_source") or store.meta["model"]
+    if name not in cache:
+        from sagsae_cli.models import load_model
+
+        model, tok, _ = load_model(name, store.meta.get("revision"))
+        cache[name] = (model, tok)
+    return (*cache[name], lr_windows)

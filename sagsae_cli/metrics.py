@@ -69,3 +69,106 @@ def latents_per_axis(
     if live is not None:
         cos = cos[live]
     return float((cos >= min_cos).sum(0).double().mean())
+
+
+# --- bipolar census (PAPER.md §6) ---------------------------------------------------------------
+class Census:
+    """Per-latent counts and masses on each sign, accumulated over batches."""
+
+    def __init__(self, n_latents: int):
+        z = lambda: torch.zeros(n_latents, dtype=torch.float64)
+        self.n_pos, self.n_neg, self.mass_pos, self.mass_neg = z(), z(), z(), z()
+
+    def update(self, f: torch.Tensor) -> None:
+        f = f.detach().double()
+        self.n_pos += (f > 0).sum(0)
+        self.n_neg += (f < 0).sum(0)
+        self.mass_pos += f.clamp_min(0).sum(0)
+        self.mass_neg += (-f).clamp_min(0).sum(0)
+
+    def table(self):
+        """One row per latent: n+, n-, mass+, mass-, minority share."""
+        import pandas as pd
+
+        total = self.n_pos + self.n_neg
+        minority = torch.where(total > 0, torch.minimum(self.n_pos, self.n_neg) / total.clamp_min(1), 0.0)
+        return pd.DataFrame(
+            {
+                "latent": range(len(total)),
+                "n_pos": self.n_pos.long().numpy(),
+                "n_neg": self.n_neg.long().numpy(),
+                "mass_pos": self.mass_pos.numpy(),
+                "mass_neg": self.mass_neg.numpy(),
+                "minority_share": minority.numpy(),
+            }
+        )
+
+
+def census_summary(table, threshold: float = 0.1) -> dict:
+    """Live latents, bipolar fraction of live latents (minority share >= threshold), and the share of
+    the bipolar (minority-side) mass held by the top 1% and 10% of latents."""
+    live = (table["n_pos"] + table["n_neg"]) > 0
+    n_live = int(live.sum())
+    bipolar = live & (table["minority_share"] >= threshold)
+    minority_mass = table[["mass_pos", "mass_neg"]].min(axis=1).sort_values(ascending=False).to_numpy()
+    total = minority_mass.sum()
+
+    def top(frac):
+        k = max(1, int(round(frac * len(minority_mass))))
+        return float(minority_mass[:k].sum() / total) if total > 0 else float("nan")
+
+    return {
+        "live": n_live,
+        "bipolar": int(bipolar.sum()),
+        "bipolar_frac": float(bipolar.sum() / n_live) if n_live else 0.0,
+        "bipolar_mass_top1": top(0.01),
+        "bipolar_mass_top10": top(0.10),
+    }
+
+
+# --- comparisons between frontiers (PAPER.md §6) ----------------------------------------------
+def _interp_log(l0s, values, grid):
+    import numpy as np
+
+    order = np.argsort(l0s)
+    return np.interp(np.log(grid), np.log(np.asarray(l0s)[order]), np.asarray(values)[order])
+
+
+def pareto_verdict(l0_a, r2_a, l0_b, r2_b, n_grid: int = 256) -> dict:
+    """Does frontier A (points (L0, R²)) dominate B over the overlap of their L0 ranges?
+    Both are interpolated linearly in log L0. Returns the overlap, ``dominates`` (A >= B everywhere
+    on it), the largest negative gap of A - B (0 if none) and the largest absolute gap."""
+    import numpy as np
+
+    lo, hi = max(min(l0_a), min(l0_b)), min(max(l0_a), max(l0_b))
+    if not (lo > 0 and hi > lo):
+        return {"overlap_lo": lo, "overlap_hi": hi, "overlap": False, "dominates": None,
+                "worst_gap": float("nan"), "max_abs_gap": float("nan")}  # fmt: skip
+    grid = np.exp(np.linspace(np.log(lo), np.log(hi), n_grid))
+    gap = _interp_log(l0_a, r2_a, grid) - _interp_log(l0_b, r2_b, grid)
+    return {
+        "overlap_lo": float(lo),
+        "overlap_hi": float(hi),
+        "overlap": True,
+        "dominates": bool(gap.min() >= 0),
+        "worst_gap": float(min(0.0, gap.min())),
+        "max_abs_gap": float(np.abs(gap).max()),
+    }
+
+
+def dead_reduction(l0_a, dead_a, n_a, l0_b, dead_b, n_b, matched_l0: float | None = None, n_grid=256) -> dict:
+    """Dead-fraction cut of A against B: absolute (dead_B - dead_A) at ``matched_l0`` (interpolated in
+    log L0; NaN outside both ranges) and the geometric mean over the L0 overlap of
+    (dead_B + 1/n_B) / (dead_A + 1/n_A)."""
+    import numpy as np
+
+    out = {"dead_cut_at_l0": float("nan"), "dead_ratio_geomean": float("nan")}
+    lo, hi = max(min(l0_a), min(l0_b)), min(max(l0_a), max(l0_b))
+    if matched_l0 is not None and lo <= matched_l0 <= hi:
+        g = np.array([matched_l0])
+        out["dead_cut_at_l0"] = float(_interp_log(l0_b, dead_b, g)[0] - _interp_log(l0_a, dead_a, g)[0])
+    if lo > 0 and hi >= lo:
+        grid = np.exp(np.linspace(np.log(lo), np.log(hi), n_grid))
+        ratio = (_interp_log(l0_b, dead_b, grid) + 1 / n_b) / (_interp_log(l0_a, dead_a, grid) + 1 / n_a)
+        out["dead_ratio_geomean"] = float(np.exp(np.log(ratio).mean()))
+    return out

@@ -40,3 +40,67 @@ def write_indexed_store(path: Path, n_train=5000, n_eval=700, d=8, chunk_rows=25
                 w.commit()
         w.commit(complete=True)
     return path
+
+
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=300)
+
+
+def tiny_config(family: str):
+    """A tiny random model config per supported family (sequential / parallel residual, sandwich norms)."""
+    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    try:
+        from transformers import Gemma2Config
+    except ImportError:  # pragma: no cover
+        Gemma2Config = None
+    t = TINY
+    if family in ("neox-parallel", "neox-sequential"):
+        return GPTNeoXConfig(**t, use_parallel_residual=family == "neox-parallel", max_position_embeddings=256,
+                             bos_token_id=0, eos_token_id=0)  # fmt: skip
+    if family == "llama":
+        return LlamaConfig(
+            **t, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2
+        )
+    if family == "gemma2":
+        return Gemma2Config(**t, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                            bos_token_id=1, eos_token_id=2)  # fmt: skip
+    if family == "gemma":
+        return GemmaConfig(**t, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    if family == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=300, n_positions=256, bos_token_id=0,
+                          eos_token_id=0)  # fmt: skip
+    raise ValueError(family)
+
+
+def make_tiny_model(family: str, path: Path) -> Path:
+    """Save a tiny random causal LM and a word-level tokenizer to ``path`` (a local model dir)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    model.save_pretrained(path)
+    words = sorted({w.lower() for w in SAMPLE_TEXT.split()})
+    vocab = {"<unk>": 3, "<bos>": 1, "<eos>": 2, "<pad>": 0, **{w: i + 4 for i, w in enumerate(words[:290])}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>")  # fmt: skip
+    fast.save_pretrained(path)
+    return path
+
+
+SAMPLE_TEXT = (
+    "the quick brown fox jumps over the lazy dog while a sunny day in london brings people out to the "
+    "park where children play and old men read newspapers under tall green trees beside the quiet river "
+    "that flows to the sea past fields of wheat and barley and small stone houses with red roofs"
+)
+
+
+def write_corpus(path: Path, n_docs: int = 40) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    words = SAMPLE_TEXT.split()
+    rng = np.random.default_rng(0)
+    for i in range(n_docs):
+        (path / f"doc{i:03d}.txt").write_text(" ".join(rng.choice(words, size=200)))
+    return path

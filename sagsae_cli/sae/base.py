@@ -97,7 +97,8 @@ class SAE(nn.Module):
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Shared projection u = (x - b_dec) W_enc, computed as x W_enc - b_dec W_enc so that
         b_dec's gradient is a vector-matrix product, not a third (tokens x d x latents) GEMM."""
-        return torch.addmm(-(self.b_dec @ self.W_enc), x, self.W_enc)
+        u = torch.addmm(-(self.b_dec @ self.W_enc), x.reshape(-1, x.shape[-1]), self.W_enc)
+        return u.reshape(*x.shape[:-1], u.shape[-1])
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec

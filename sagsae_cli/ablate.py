@@ -1,0 +1,37 @@
+"""`sagsae ablate`: the paper's ablation grid on one store (PAPER.md §5) = train + eval + a table.
+
+Variants at width H: sa-gsae (tied, the reference), sa-gsae-untied, no-aux, one-sided, no-reset,
+gated; plus gated at 2H. All runs share one pass over the data; finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from sagsae_cli.evaluate import evaluate
+from sagsae_cli.sae.base import atomic_write
+from sagsae_cli.train import TrainConfig, train
+
+GRID = ["sa-gsae", "sa-gsae-untied", "no-aux", "one-sided", "no-reset", "gated"]
+
+
+def ablation_configs(base: TrainConfig, seeds: list[int]) -> list[TrainConfig]:
+    cfgs = [replace(base, variant=v, seed=s) for v in GRID for s in seeds]
+    return cfgs + [replace(base, variant="gated", width=2 * base.width, seed=s) for s in seeds]
+
+
+def ablate(base: TrainConfig, seeds: list[int], out: str, results: str, eval_tokens: int, *, force=False,
+           quiet=False, device="auto", dtype="auto") -> pd.DataFrame:  # fmt: skip
+    dirs = train(ablation_configs(base, seeds), out, force=force, quiet=quiet, device=device, dtype=dtype)
+    table = evaluate([str(d) for d in dirs], results, eval_tokens=eval_tokens, force=force)
+    table["label"] = table["variant"] + "@" + table["width"].astype(str)
+    ref = table[table.label == f"sa-gsae@{base.width}"][["r2", "l0", "dead_frac"]].mean()
+    for col in ("r2", "l0", "dead_frac"):
+        table[f"delta_{col}"] = table[col] - ref[col]
+    path = Path(results) / "ablation" / f"{Path(base.store).name}-w{base.width}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: table.to_parquet(p, index=False))
+    return table

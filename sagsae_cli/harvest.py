@@ -1,0 +1,174 @@
+"""`sagsae harvest` for language models: text -> windows -> forward to layer L -> activation stores.
+
+One forward pass fills one store per requested hookpoint. Position 0 (BOS / attention sink) is
+skipped unless ``keep_bos``; tokens whose norm exceeds ``max_norm_ratio`` x the median norm (measured
+on the first batch and kept for the whole harvest) are dropped and counted (PAPER.md §6). Every
+batch is committed with a per-store cursor (windows done per split), so a killed harvest resumes at
+its last commit and ends identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sagsae_cli.data import iter_windows, windows_for
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
+from sagsae_cli.progress import progress_bar
+from sagsae_cli.store import StoreWriter
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    model: str = "smollm2-135m"
+    revision: str | None = None
+    hooks: tuple[str, ...] = ("resid_mid",)
+    layer: int | None = None  # default: n_layers // 2
+    dataset: str = "shakespeare"
+    dataset_split: str = "train"
+    text_column: str = "text"
+    context: int = 128
+    tokens: int = 1_000_000
+    eval_tokens: int = 100_000
+    batch_size: int = 16  # windows per forward
+    keep_bos: bool = False
+    max_norm_ratio: float = 10.0  # 0 disables the filter
+    dtype: str = "float32"  # store dtype
+    model_dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+
+
+def _store_paths(out: str, hooks: tuple[str, ...]) -> dict[str, Path]:
+    return {h: Path(out) for h in hooks} if len(hooks) == 1 else {h: Path(out) / h for h in hooks}
+
+
+def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = False) -> dict[str, Path]:
+    from sagsae_cli.distributed import pick_device
+
+    parsed = [parse_hook(h, cfg.layer) for h in cfg.hooks]
+    hooks = tuple(h for h, _ in parsed)
+    layers = {lay for _, lay in parsed if lay is not None}
+    if len(layers) > 1 or (layers and cfg.layer is not None and layers != {cfg.layer}):
+        raise SagsaeError("all hooks of one harvest must be at the same layer")
+    if cfg.context < 2 or cfg.tokens <= 0 or cfg.eval_tokens < 0 or cfg.batch_size <= 0:
+        raise SagsaeError("--context must be >= 2, --tokens and --batch-size positive, --eval-tokens >= 0")
+    device = pick_device(cfg.device)
+    mdtype = (
+        cfg.model_dtype if cfg.model_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    )
+    if mdtype not in TORCH_DTYPES:
+        raise SagsaeError(f"--model-dtype must be auto, float32, bfloat16 or float16 (got {mdtype!r})")
+    model, tok, source = load_model(cfg.model, cfg.revision, TORCH_DTYPES[mdtype], device)
+    mtype, fam = family_of(model)
+    n_layers = len(decoder_layers(model, fam))
+    layer = next(iter(layers)) if layers else (cfg.layer if cfg.layer is not None else n_layers // 2)
+    if not 0 <= layer < n_layers:
+        raise SagsaeError(f"--layer {layer} is out of range: {cfg.model} has layers 0..{n_layers - 1}")
+    d = model.config.hidden_size
+    skip = 0 if cfg.keep_bos else 1
+    base = {**asdict(cfg), "hooks": None, "layer": layer, "device": None, "model_dtype": mdtype}
+    next(
+        iter_windows(cfg.dataset, tok, cfg.context, 0, cfg.dataset_split, cfg.text_column)
+    )  # fail before writing
+    writers = {}
+    try:
+        for hook, path in _store_paths(out, hooks).items():
+            meta = {
+                "source": "lm", "model": cfg.model, "model_source": source, "revision": cfg.revision,
+                "architecture": mtype, "n_layers": n_layers, "layer": layer, "hook": hook,
+                "hook_name": f"blocks.{layer}.hook_{hook}", "hook_definition": hook_definition(model, hook, layer),
+                "dataset": cfg.dataset, "dataset_split": cfg.dataset_split, "context": cfg.context,
+                "keep_bos": cfg.keep_bos, "max_norm_ratio": cfg.max_norm_ratio, "model_dtype": mdtype,
+            }  # fmt: skip
+            writers[hook] = StoreWriter(
+                path, d=d, dtype=cfg.dtype, config={**base, "hook": hook}, meta=meta, force=force
+            )
+        _run(cfg, model, tok, writers, layer, skip, device, quiet)
+    finally:
+        for w in writers.values():
+            w.close()
+    return {h: w.path for h, w in writers.items()}
+
+
+def _run(cfg, model, tok, writers, layer, skip, device, quiet) -> None:
+    if all(w.complete for w in writers.values()):
+        return
+    eval_windows = windows_for(cfg.eval_tokens, cfg.context, bool(skip))
+    eval_windows += math.ceil(0.05 * eval_windows) if cfg.eval_tokens else 0  # slack for dropped tokens
+    targets = {"eval": cfg.eval_tokens, "train": cfg.tokens}
+    stream = iter_windows(cfg.dataset, tok, cfg.context, eval_windows, cfg.dataset_split, cfg.text_column)
+    hooks = list(writers)
+    done = {"eval": 0, "train": 0}  # windows consumed per split in this pass over the stream
+    total = sum(targets.values())
+    with progress_bar(f"harvest {','.join(hooks)} L{layer}", total=total, quiet=quiet) as bar:
+        bar.advance(min(w.rows("eval") + w.rows("train") for w in writers.values()))
+        for split, group in itertools.groupby(stream, key=lambda t: t[0]):
+            group = (ids for _, ids in group)
+            while True:
+                if all(w.rows(split) >= targets[split] for w in writers.values()):
+                    break  # this split is full for every store (train: stop reading documents)
+                batch = list(itertools.islice(group, cfg.batch_size))
+                if not batch:
+                    break
+                start = done[split]
+                done[split] += len(batch)
+                behind = {h: w for h, w in writers.items() if w.cursor.get(f"{split}_windows", 0) <= start
+                          and w.rows(split) < targets[split]}  # fmt: skip
+                if not behind:
+                    continue  # already committed by an earlier (interrupted) run
+                ids = torch.tensor(batch, device=device)
+                with torch.no_grad():
+                    acts = run_to_layer(model, ids, list(behind), layer)
+                for hook, w in behind.items():
+                    n = _append(w, split, acts[hook], ids, start, skip, cfg, targets[split])
+                    w.commit(cursor={**w.cursor, f"{split}_windows": done[split]})
+                    if hook == hooks[0] or hooks[0] not in behind:
+                        bar.advance(n)
+            if split == "train":
+                break
+        for w in writers.values():
+            short = [s for s in ("eval", "train") if w.rows(s) < targets[s]]
+            if short:
+                w.set_meta(
+                    note=f"dataset exhausted: {', '.join(f'{s} has {w.rows(s):,} rows' for s in short)}"
+                )
+            w.commit(complete=True)
+
+
+def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -> int:
+    """Filter and append one batch's rows to one store; returns rows written."""
+    b, t, d = acts.shape
+    x = acts[:, skip:].float().reshape(-1, d)
+    tok = ids[:, skip:].reshape(-1)
+    pos = torch.arange(skip, t, device=ids.device).repeat(b)
+    seq = (first_window + torch.arange(b, device=ids.device)).repeat_interleave(t - skip)
+    seq = seq + (0 if split == "eval" else 1_000_000_000)  # splits never share a sequence id
+    norms = x.norm(dim=1)
+    cursor = w.cursor
+    if "median_norm" not in cursor:
+        cursor["median_norm"] = float(norms.median())
+    keep = torch.ones_like(norms, dtype=torch.bool)
+    if cfg.max_norm_ratio > 0:
+        keep = norms <= cfg.max_norm_ratio * cursor["median_norm"]
+    room = target - w.rows(split)
+    idx = keep.nonzero().squeeze(1)[:room]
+    dropped = int((~keep).sum())
+    cursor[f"{split}_dropped"] = cursor.get(f"{split}_dropped", 0) + dropped
+    cursor[f"{split}_seen"] = cursor.get(f"{split}_seen", 0) + int(norms.numel())
+    idx_cpu = idx.cpu()
+    w.append(
+        split,
+        x[idx].cpu(),
+        token_ids=tok.cpu()[idx_cpu].numpy().astype(np.int32),
+        positions=pos.cpu()[idx_cpu].numpy().astype(np.int32),
+        sequence_ids=seq.cpu()[idx_cpu].numpy(),
+    )
+    return int(idx.numel())

@@ -1,0 +1,185 @@
+"""Figures from result tables only (PNG + PDF). One colour per variant across every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sagsae_cli.errors import SagsaeError  # noqa: E402
+
+COLORS = {
+    "sa-gsae": "#d62728",
+    "sa-gsae-untied": "#ff7f0e",
+    "no-aux": "#8c564b",
+    "one-sided": "#e377c2",
+    "no-reset": "#bcbd22",
+    "gated": "#1f77b4",
+    "relu": "#7f7f7f",
+    "topk": "#2ca02c",
+    "jumprelu": "#9467bd",
+}
+LABELS = {"sa-gsae": "SA-GSAE (tied)", "gated": "Gated SAE"}
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _cells(points: pd.DataFrame):
+    cells = list(points.groupby(["model", "hook"], dropna=False))
+    if not cells:
+        raise SagsaeError("the eval table is empty: run `sagsae eval` first")
+    cols = min(3, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[len(cells) :]:
+        ax.set_visible(False)
+    return fig, list(zip(axes.flat, cells))
+
+
+def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None):
+    for (variant, width), grp in cell.groupby(["variant", "width"]):
+        grp = grp.sort_values("l0")
+        color = COLORS.get(variant, None)
+        label = f"{LABELS.get(variant, variant)}, width {width}"
+        ax.plot(grp.l0, grp[y], "o-", color=color, label=label, lw=1.8, ms=4)
+        if band and (grp.seeds > 1).any():
+            ax.fill_between(grp.l0, grp[band[0]], grp[band[1]], color=color, alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(
+        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else "")
+    )
+    ax.set_xlabel("L0 (active latents per token, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_pareto(results: str | Path, out: str | Path) -> list[Path]:
+    from sagsae_cli.compare import seed_means
+    from sagsae_cli.evaluate import read_table
+
+    points = seed_means(read_table(results))
+    verdicts = _maybe(Path(results) / "compare" / "compare.parquet")
+    fig, panels = _cells(points)
+    for ax, ((model, hook), cell) in panels:
+        _series(ax, cell, "r2", band=("r2_min", "r2_max"))
+        ax.set_ylabel("R² (fraction of variance explained)")
+        title = f"{model} · {hook}"
+        if verdicts is not None:
+            v = verdicts[(verdicts.model == model) & (verdicts.hook == hook)]
+            for _, r in v.iterrows():
+                verdict = "dominates" if r.dominates else f"worst gap {r.worst_gap:+.3f}"
+                title += f"\n{r.a} vs {r.b}: " + (verdict if r.overlap else "no L0 overlap")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("Reconstruction against sparsity (seed mean, band = min-max over seeds)", y=1.04)
+    return _save(fig, Path(out), "pareto")
+
+
+def plot_dead(results: str | Path, out: str | Path) -> list[Path]:
+    from sagsae_cli.compare import seed_means
+    from sagsae_cli.evaluate import read_table
+
+    points = seed_means(read_table(results))
+    fig, panels = _cells(points)
+    for ax, ((model, hook), cell) in panels:
+        _series(ax, cell, "dead_frac")
+        ax.set_ylabel("dead fraction (latents never active on eval)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{model} · {hook}", fontsize=10)
+    fig.suptitle("Dead latents against sparsity")
+    return _save(fig, Path(out), "dead")
+
+
+def plot_census(results: str | Path, out: str | Path) -> list[Path]:
+    parts = sorted((Path(results) / "census").glob("*.parquet"))
+    if not parts:
+        raise SagsaeError(f"no census tables in {results}/census: run `sagsae eval` first")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(0, 0.5, 26)
+    for p in parts:
+        t = pd.read_parquet(p)
+        live = t[(t.n_pos + t.n_neg) > 0]
+        if live.empty:
+            continue
+        variant = p.stem.split("-w")[0]
+        color = COLORS.get(variant)
+        ax1.hist(live.minority_share, bins=bins, histtype="step", lw=1.5, color=color, label=p.stem)
+        mass = np.sort(live[["mass_pos", "mass_neg"]].min(axis=1).to_numpy())[::-1]
+        if mass.sum() > 0:
+            ax2.plot(
+                np.arange(1, len(mass) + 1) / len(mass),
+                np.cumsum(mass) / mass.sum(),
+                color=color,
+                label=p.stem,
+            )
+    ax1.set_xlabel("minority share min(n+, n-) / (n+ + n-)")
+    ax1.set_ylabel("live latents")
+    ax1.set_title("Polarity of live latents (0 = one-signed, 0.5 = balanced)", fontsize=10)
+    ax2.set_xlabel("latent rank by minority-side mass (fraction of live latents)")
+    ax2.set_ylabel("cumulative share of minority-side mass")
+    ax2.set_title("Where the bipolar mass concentrates", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, Path(out), "census")
+
+
+def plot_training(run_dirs: list[str], out: str | Path) -> list[Path]:
+    hist = [(Path(d).name, Path(d) / "history.parquet") for d in run_dirs]
+    hist = [(n, pd.read_parquet(p)) for n, p in hist if p.exists()]
+    if not hist:
+        raise SagsaeError("no history.parquet in the given run directories: train them first")
+    panels = [("mse", "reconstruction loss ||x - x̂||²"), ("l0", "L0"), ("dead_frac", "dead fraction"),
+              ("r2", "R² (training batch)")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
+    for name, h in hist:
+        color = COLORS.get(name.split("-w")[0])
+        for ax, (col, label) in zip(axes, panels):
+            if col in h:
+                ax.plot(h.tokens / 1e6, h[col], color=color, label=name, lw=1.2)
+                ax.set_ylabel(label)
+    for ax in axes:
+        ax.set_xlabel("training tokens (millions)")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    return _save(fig, Path(out), "training")
+
+
+def plot_ablation(results: str | Path, out: str | Path) -> list[Path]:
+    from sagsae_cli.evaluate import read_table
+
+    t = read_table(results, "ablation")
+    metrics = [("r2", "R²"), ("l0", "L0"), ("dead_frac", "dead fraction")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8))
+    order = t.groupby("label")["r2"].mean().sort_values(ascending=False).index
+    for ax, (col, label) in zip(axes, metrics):
+        g = t.groupby("label")[col]
+        mean, lo, hi = g.mean()[order], g.min()[order], g.max()[order]
+        colors = [COLORS.get(lbl.split("@")[0], "#999999") for lbl in order]
+        ax.bar(range(len(order)), mean, color=colors, yerr=[mean - lo, hi - mean], capsize=3)
+        ax.set_xticks(range(len(order)), order, rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Ablations (bars: seed mean; whiskers: min-max)")
+    return _save(fig, Path(out), "ablation")
+
+
+def _maybe(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+PLOTS = {"pareto": plot_pareto, "dead": plot_dead, "census": plot_census, "ablation": plot_ablation}

@@ -1,0 +1,131 @@
+"""Loss recovered (PAPER.md §6): the LM's next-token loss with a hookpoint replaced.
+
+    LR = (CE_zero - CE_sae) / (CE_zero - CE_clean)
+
+The replacement touches positions >= 1 only (position 0, the BOS / attention sink, is what SAEs are
+not trained on, as in SAELens and sparsify), and the loss is taken over the same predictions in all
+three passes. resid_mid is replaced by adding (new - old) to what attention adds to the residual,
+so both the MLP's input and the residual stream see the replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sagsae_cli.models import decoder_layers, family_of
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output, new):
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+class Splice:
+    """Context manager: replace ``hook`` at ``layer`` by ``fn(activations)`` at positions >= 1."""
+
+    def __init__(self, model: nn.Module, hook: str, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+        _, self.fam = family_of(model)
+        self.block = decoder_layers(model, self.fam)[layer]
+        self.hook, self.fn, self.handles, self.pre = hook, fn, [], None
+
+    def _replace(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[:, 1:] = self.fn(x[:, 1:].float()).to(x.dtype)
+        return out
+
+    def __enter__(self):
+        b, fam, hook = self.block, self.fam, self.hook
+        if hook == "resid_pre":
+
+            def pre(module, args, kwargs):
+                if args:
+                    return (self._replace(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": self._replace(kwargs["hidden_states"])}
+
+            self.handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
+        elif hook == "resid_post":
+            self.handles.append(
+                b.register_forward_hook(lambda m, a, o: _with_first(o, self._replace(_first(o))))
+            )
+        elif hook in ("attn_out", "mlp_out"):
+            mod = getattr(b, fam.attn if hook == "attn_out" else fam.mlp)
+            self.handles.append(
+                mod.register_forward_hook(lambda m, a, o: _with_first(o, self._replace(_first(o))))
+            )
+        elif hook == "resid_mid":
+
+            def keep_pre(module, args, kwargs):
+                self.pre = args[0] if args else kwargs["hidden_states"]
+
+            def attn(module, args, output):
+                a = _first(output)
+                mid = self.pre + a
+                return _with_first(output, self._replace(mid) - self.pre)
+
+            self.handles.append(b.register_forward_pre_hook(keep_pre, with_kwargs=True))
+            self.handles.append(getattr(b, fam.attn).register_forward_hook(attn))
+        else:
+            raise ValueError(hook)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+@torch.no_grad()
+def next_token_loss(model: nn.Module, ids: torch.Tensor) -> float:
+    """Mean cross-entropy of predicting tokens 2.. from positions 1.. (position 0's prediction and
+    the BOS itself are left out, since position 0 is never spliced)."""
+    logits = model(input_ids=ids, use_cache=False).logits[:, 1:-1].float()
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 2:].reshape(-1)))
+
+
+@torch.no_grad()
+def loss_recovered(model, ids: torch.Tensor, hook: str, layer: int, reconstruct, batch: int = 8) -> dict:
+    """CE clean, zero-ablated and with ``reconstruct`` spliced in, and LR, over windows ``ids``."""
+    ce = {"clean": 0.0, "zero": 0.0, "sae": 0.0}
+    fns = {"zero": torch.zeros_like, "sae": reconstruct}
+    chunks = ids.split(batch)
+    for chunk in chunks:
+        ce["clean"] += next_token_loss(model, chunk) / len(chunks)
+        for name, fn in fns.items():
+            with Splice(model, hook, layer, fn):
+                ce[name] += next_token_loss(model, chunk) / len(chunks)
+    denom = ce["zero"] - ce["clean"]
+    lr = (ce["zero"] - ce["sae"]) / denom if abs(denom) > 1e-12 else float("nan")
+    return {"ce_clean": ce["clean"], "ce_zero": ce["zero"], "ce_sae": ce["sae"], "loss_recovered": lr}
+
+
+def eval_windows(store, tokenizer, max_windows: int) -> torch.Tensor | None:
+    """Whole windows of the eval split rebuilt from stored token ids (BOS put back at position 0);
+    windows with a filtered token are skipped. None when the store has no token ids."""
+    import numpy as np
+
+    n = store.rows("eval")
+    seq = store.read_index("eval", "sequence_ids", 0, n)
+    tok = store.read_index("eval", "token_ids", 0, n)
+    pos = store.read_index("eval", "positions", 0, n)
+    skip = 0 if store.meta.get("keep_bos") else 1
+    if n == 0 or (tok < 0).all() or (skip and tokenizer.bos_token_id is None):
+        return None
+    context = int(store.meta.get("context", pos.max() + 1))
+    windows = []
+    starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
+    ends = np.r_[starts[1:], n]
+    for a, z in zip(starts, ends):
+        if z - a != context - skip or not (pos[a:z] == np.arange(skip, context)).all():
+            continue
+        body = tok[a:z].tolist()
+        windows.append(([tokenizer.bos_token_id] if skip else []) + body)
+        if len(windows) >= max_windows:
+            break
+    return torch.tensor(windows) if windows else None

@@ -1,0 +1,86 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sagsae_cli.metrics import (
+    R2,
+    Census,
+    axis_recovery,
+    census_summary,
+    dead_reduction,
+    fired,
+    l0,
+    latents_per_axis,
+    pareto_verdict,
+    r2,
+)
+
+
+def test_r2_hand_cases():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
+    # mean (2, 1); SST = (1+1) + (1+1) = 4; SSE of predicting the mean is 4 -> R² = 0
+    assert r2(x, x.mean(0).expand_as(x)) == pytest.approx(0.0)
+    assert r2(x, x) == 1.0
+    assert r2(x, torch.zeros_like(x)) == pytest.approx(1 - 14 / 4)
+    acc = R2()  # pooled over batches = one big batch
+    acc.update(x[:1], x[:1] * 0)
+    acc.update(x[1:], x[1:] * 0)
+    assert acc.value() == pytest.approx(1 - 14 / 4)
+    assert math.isnan(r2(torch.ones(3, 2), torch.ones(3, 2)))  # constant input: R² undefined
+
+
+def test_l0_dead_and_signed_latents():
+    f = torch.tensor([[0.5, -1.0, 0.0], [0.0, -2.0, 0.0]])
+    assert l0(f) == 1.5
+    assert fired(f).tolist() == [True, True, False]
+    assert l0(torch.zeros(4, 3)) == 0 and not fired(torch.zeros(4, 3)).any()  # all dead
+
+
+def test_census_counts_and_summary():
+    f = torch.tensor(
+        [[1.0, 2.0, 0.0, -1.0], [-1.0, 3.0, 0.0, -1.0], [2.0, 1.0, 0.0, -1.0], [-0.5, 1.0, 0.0, 0.0]]
+    )
+    c = Census(4)
+    c.update(f[:2])
+    c.update(f[2:])
+    t = c.table()
+    assert t["n_pos"].tolist() == [2, 4, 0, 0] and t["n_neg"].tolist() == [2, 0, 0, 3]
+    assert t["mass_pos"].tolist() == [3.0, 7.0, 0.0, 0.0] and t["mass_neg"].tolist() == [1.5, 0.0, 0.0, 3.0]
+    assert t["minority_share"].tolist() == [0.5, 0.0, 0.0, 0.0]
+    s = census_summary(t, threshold=0.1)
+    assert s["live"] == 3 and s["bipolar"] == 1 and s["bipolar_frac"] == pytest.approx(1 / 3)
+    assert s["bipolar_mass_top1"] == 1.0  # all minority mass sits in latent 0
+
+
+def test_axis_recovery_and_latents_per_axis():
+    axes = torch.eye(3)
+    w = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0.6, 0.8], [0, 0, 1.0]])
+    assert axis_recovery(w, axes) == pytest.approx((1 + 0.6 + 1) / 3)
+    assert latents_per_axis(w, axes) == pytest.approx((2 + 0 + 1) / 3)
+    live = torch.tensor([True, False, True, True])
+    assert latents_per_axis(w, axes, live) == pytest.approx((1 + 0 + 1) / 3)
+
+
+def test_pareto_dominating_crossing_disjoint():
+    l0 = [10, 20, 40, 80]
+    v = pareto_verdict(l0, [0.8, 0.85, 0.9, 0.95], l0, [0.7, 0.8, 0.85, 0.9])
+    assert v["dominates"] and v["worst_gap"] == 0 and v["max_abs_gap"] == pytest.approx(0.1)
+    v = pareto_verdict(l0, [0.8, 0.85, 0.9, 0.91], l0, [0.7, 0.8, 0.85, 0.95])
+    assert not v["dominates"] and v["worst_gap"] == pytest.approx(-0.04)
+    v = pareto_verdict([5, 30], [0.5, 0.9], [20, 100], [0.8, 0.95])
+    assert v["overlap_lo"] == 20 and v["overlap_hi"] == 30
+    expected_a_at_20 = 0.5 + 0.4 * np.log(20 / 5) / np.log(30 / 5)
+    assert v["worst_gap"] == pytest.approx(min(0, expected_a_at_20 - 0.8), abs=1e-3)
+    v = pareto_verdict([1, 2], [0.1, 0.2], [5, 6], [0.5, 0.6])
+    assert v["overlap"] is False and v["dominates"] is None
+
+
+def test_dead_reduction():
+    l0 = [16, 64, 256]
+    out = dead_reduction(l0, [0.0, 0.0, 0.0], 100, l0, [0.5, 0.4, 0.3], 200, matched_l0=64)
+    assert out["dead_cut_at_l0"] == pytest.approx(0.4)
+    # ratio at the ends: (0.5 + 0.005) / 0.01 and (0.3 + 0.005) / 0.01; geomean lies between
+    assert 30.5 < out["dead_ratio_geomean"] < 50.5
+    assert math.isnan(dead_reduction(l0, [0] * 3, 10, l0, [0] * 3, 10, matched_l0=1000)["dead_cut_at_l0"])

@@ -1,0 +1,83 @@
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A small results fixture: two cells x (sa-gsae@8, gated@16) x 3 coefficients x 2 seeds."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "census").mkdir()
+    for hook in ("resid_mid", "mlp_out"):
+        for variant, width, shift in (("sa-gsae", 8, 0.02), ("gated", 16, 0.0)):
+            for l1 in (0.1, 0.2, 0.4):
+                for seed in (0, 1):
+                    run = f"{variant}-w{width}-l1_{l1:g}-s{seed}-{hook}"
+                    l0 = 8 / l1**0.5 * (1.1 if variant == "gated" else 1.0)
+                    row = dict(run=run, variant=variant, width=width, l1=l1, k=0, seed=seed, model="tiny", hook=hook,
+                               l0=l0, r2=0.9 - 0.1 * l1 + shift + 0.005 * seed, dead_frac=0.3 if variant == "gated" else 0.01,
+                               bipolar_frac=0.5 if variant == "sa-gsae" else 0.0, eval_tokens=1000, bipolar_threshold=0.1)  # fmt: skip
+                    pd.DataFrame([row]).to_parquet(tmp_path / "eval" / f"{run}.parquet")
+                    n = rng.integers(0, 50, size=(width, 2))
+                    pd.DataFrame({"run": run, "latent": range(width), "n_pos": n[:, 0], "n_neg": n[:, 1],
+                                  "mass_pos": n[:, 0] * 1.0, "mass_neg": n[:, 1] * 0.5,
+                                  "minority_share": n.min(1) / n.sum(1).clip(1)}).to_parquet(tmp_path / "census" / f"{run}.parquet")  # fmt: skip
+    return tmp_path
+
+
+def non_blank(path):
+    img = mpimg.imread(path)
+    return img.std() > 0.01 and (img[..., :3] < 0.9).mean() > 0.005
+
+
+def test_compare_verdict_from_the_table(results):
+    p = run_cli("compare", "--results", results, "--matched-l0", 20, check=0)
+    assert "True" in p.stderr + p.stdout
+    table = pd.read_parquet(results / "compare" / "compare.parquet")
+    assert set(table.hook) == {"resid_mid", "mlp_out"} and table.dominates.all()
+    assert (table.dead_cut_at_l0 == pytest.approx(0.29)).all()
+
+
+@pytest.mark.parametrize("name", ["pareto", "dead", "census"])
+def test_every_plot_is_non_blank(results, tmp_path, name):
+    run_cli("compare", "--results", results, check=0)
+    run_cli("plot", name, "--results", results, "--out", tmp_path / "fig", check=0)
+    assert non_blank(tmp_path / "fig" / f"{name}.png")
+    assert (tmp_path / "fig" / f"{name}.pdf").stat().st_size > 1000
+
+
+def test_unknown_plot_and_empty_table(results, tmp_path):
+    p = run_cli("plot", "violin", "--results", results, check=2)
+    assert "unknown plot 'violin'" in p.stderr
+    p = run_cli("plot", "pareto", "--results", tmp_path / "nothing", check=2)
+    assert "empty" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ablate_end_to_end_then_plots(tmp_path):
+    """The whole chain on a small synthetic store: harvest -> ablate (train + eval) -> compare -> plots."""
+    run_cli("harvest", "--source", "synthetic", "--out", tmp_path / "s", "--tokens", 60_000, "--eval-tokens", 5000,
+            "--quiet", check=0)  # fmt: skip
+    p = run_cli("ablate", "--store", tmp_path / "s", "--width", 24, "--tokens", 80_000, "--batch", 1000,
+                "--lr", 2e-3, "--out", tmp_path / "runs", "--results", tmp_path / "res", "--quiet", check=0)  # fmt: skip
+    assert "gated@48" in p.stderr + p.stdout
+    table = pd.read_parquet(tmp_path / "res" / "ablation" / "s-w24.parquet")
+    assert set(table.label) == {"sa-gsae@24", "sa-gsae-untied@24", "no-aux@24", "one-sided@24", "no-reset@24",
+                                "gated@24", "gated@48"}  # fmt: skip
+    assert table.loc[table.label == "sa-gsae@24", "delta_r2"].iloc[0] == 0
+    run_cli("compare", "--results", tmp_path / "res", check=0)
+    for name in ("pareto", "dead", "census", "ablation"):
+        run_cli("plot", name, "--results", tmp_path / "res", "--out", tmp_path / "fig", check=0)
+        assert non_blank(tmp_path / "fig" / f"{name}.png"), name
+    run_cli(
+        "plot",
+        "training",
+        "--run",
+        tmp_path / "runs" / "sa-gsae-w24-l1_0.4-s0",
+        "--out",
+        tmp_path / "fig",
+        check=0,
+    )
+    assert non_blank(tmp_path / "fig" / "training.png")

@@ -1,0 +1,60 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tiny_model, run_cli, write_corpus
+
+from sagsae_cli.models import load_model, run_to_layer
+from sagsae_cli.splice import Splice, loss_recovered, next_token_loss
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("m")
+    return {f: make_tiny_model(f, root / f) for f in ("llama", "neox-parallel", "gemma2")}
+
+
+@pytest.mark.parametrize("family", ["llama", "neox-parallel", "gemma2"])
+@pytest.mark.parametrize("hook", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"])
+def test_identity_recovers_everything_and_zero_nothing(tiny, family, hook):
+    model, _, _ = load_model(str(tiny[family]))
+    ids = torch.randint(4, 290, (4, 12), generator=torch.Generator().manual_seed(1))
+    out = loss_recovered(model, ids, hook, 1, lambda x: x)
+    assert out["ce_sae"] == pytest.approx(out["ce_clean"], abs=1e-5)
+    assert out["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    out = loss_recovered(model, ids, hook, 1, torch.zeros_like)
+    assert out["loss_recovered"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_splice_writes_the_hookpoint(tiny):
+    model, _, _ = load_model(str(tiny["llama"]))
+    ids = torch.randint(4, 290, (2, 10))
+    with Splice(model, "resid_mid", 2, lambda x: 2 * x):
+        spliced = run_to_layer(model, ids, ["resid_mid", "resid_pre"], 2)
+    clean = run_to_layer(model, ids, ["resid_mid"], 2)
+    # the MLP sees the replaced resid_mid at positions >= 1, position 0 is left clean
+    assert torch.allclose(spliced["resid_mid"][:, 1:], 2 * clean["resid_mid"][:, 1:], atol=1e-5)
+    assert torch.allclose(spliced["resid_mid"][:, 0], clean["resid_mid"][:, 0], atol=1e-6)
+    assert math.isfinite(next_token_loss(model, ids))
+
+
+def test_eval_reports_loss_recovered_on_lm_stores(tiny, tmp_path):
+    corpus = write_corpus(tmp_path / "c")
+    run_cli("harvest", "--model", tiny["llama"], "--dataset", corpus, "--hook", "mlp_out", "--layer", 1,
+            "--context", 16, "--tokens", 3000, "--eval-tokens", 300, "--max-norm-ratio", 0, "--out", tmp_path / "s",
+            "--quiet", check=0)  # fmt: skip
+    run_cli("train", "--store", tmp_path / "s", "--out", tmp_path / "runs", "--width", 64, "--tokens", 6000,
+            "--batch", 500, "--lr", 2e-3, "--quiet", check=0)  # fmt: skip
+    run_cli(
+        "eval",
+        *sorted((tmp_path / "runs").iterdir()),
+        "--results",
+        tmp_path / "res",
+        "--lr-windows",
+        8,
+        check=0,
+    )
+    row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
+    assert row["lr_windows"] == 8
+    assert row["ce_zero"] != row["ce_clean"] and math.isfinite(row["loss_recovered"])
