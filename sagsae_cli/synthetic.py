@@ -111,7 +111,7 @@ def write_synthetic_store(cfg: SyntheticConfig, out: str, *, force: bool = False
     meta = {
         "source": "synthetic",
         "model": f"synthetic-protocol-{cfg.protocol}",
-        "hook": "synthetic",
+        "hook": f"rho={cfg.rho:g},paired={cfg.paired_fraction:g}",
         "hook_definition": "x = sum_k (a+_k - a-_k) v_k + noise (PAPER.md §7)",
         **asdict(cfg),
     }

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sagsae_cli.sae.base import SAE, Output, SAEConfig
-from sagsae_cli.sae.gating import gate_code
+from sagsae_cli.sae.base import SAEConfig
+from sagsae_cli.sae.gating import GatedFamily, gate_code
 
 
-class GatedSAE(SAE):
+class GatedSAE(GatedFamily):
     saelens_architecture = "gated"
 
     def __init__(self, cfg: SAEConfig):
@@ -26,14 +26,3 @@ class GatedSAE(SAE):
     def _code(self, u: torch.Tensor):
         zero = torch.zeros((), dtype=u.dtype, device=u.device)
         return gate_code(u, self.b_gate, zero, self.r_mag, self.b_mag, two_sided=False)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._code(self.pre(x))[0]
-
-    def forward(self, x: torch.Tensor) -> Output:
-        f, s, l1 = self._code(self.pre(x))
-        x_hat = self.decode(f)
-        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
-        if self.cfg.alpha:
-            losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
-        return Output(x_hat, f, losses)

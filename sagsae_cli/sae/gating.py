@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from sagsae_cli.sae.base import SAE, Output
+
 
 class _GateCode(torch.autograd.Function):
     @staticmethod
@@ -79,3 +81,24 @@ class _GateCode(torch.autograd.Function):
 def gate_code(u, b_gate, theta, r_pos, b_pos, r_neg=None, b_neg=None, two_sided=True):
     """(f, s, l1) as in the module docstring; theta is a per-latent tensor (zeros for the Gated SAE)."""
     return _GateCode.apply(u, b_gate, theta, r_pos, b_pos, r_neg, b_neg, two_sided)
+
+
+class GatedFamily(SAE):
+    """Encode / forward shared by the Gated SAE and SA-GSAE; subclasses define ``_code(u)`` -> (f, s, l1).
+
+    L = ||x - x_hat||^2 + lambda l1(s) + alpha ||x - (s sg(W_dec) + sg(b_dec))||^2
+    """
+
+    def _code(self, u: torch.Tensor):
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._code(self.pre(x))[0]
+
+    def forward(self, x: torch.Tensor) -> Output:
+        f, s, l1 = self._code(self.pre(x))
+        x_hat = self.decode(f)
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
+        if self.cfg.alpha:  # the gate's own code reconstructs x through a frozen decoder
+            losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
+        return Output(x_hat, f, losses)

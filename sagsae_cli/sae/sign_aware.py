@@ -18,11 +18,11 @@ import math
 import torch
 from torch import nn
 
-from sagsae_cli.sae.base import SAE, Output, SAEConfig
-from sagsae_cli.sae.gating import gate_code
+from sagsae_cli.sae.base import SAEConfig
+from sagsae_cli.sae.gating import GatedFamily, gate_code
 
 
-class SignAwareSAE(SAE):
+class SignAwareSAE(GatedFamily):
     saelens_architecture = "sa-gsae"
     threshold_params = ("log_threshold",)
 
@@ -43,18 +43,6 @@ class SignAwareSAE(SAE):
         else:
             mags = (self.r_mag_pos, self.b_mag_pos, self.r_mag_neg, self.b_mag_neg)
         return gate_code(u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._code(self.pre(x))[0]
-
-    def forward(self, x: torch.Tensor) -> Output:
-        f, s, l1 = self._code(self.pre(x))
-        x_hat = self.decode(f)
-        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
-        if self.cfg.alpha:
-            aux_hat = s @ self.W_dec.detach() + self.b_dec.detach()
-            losses["aux"] = self.cfg.alpha * self.mse(x, aux_hat)
-        return Output(x_hat, f, losses)
 
     @torch.no_grad()
     def reset_latents(self, mask: torch.Tensor) -> list[str]:
