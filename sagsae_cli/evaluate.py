@@ -7,6 +7,7 @@ skipped unless ``force``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_thr
     if lm is not None:
         row.update(_loss_recovered(run_dir, store, *lm))
     census_table.insert(0, "run", run_dir.name)
+    census_table.insert(1, "hook", row["hook"])
     return row, census_table
 
 
@@ -103,7 +105,7 @@ def evaluate(
     for d in dirs:
         if not (d / "sae_weights.safetensors").exists():
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
-        part = out / f"{d.name}.parquet"
+        part = out / part_name(d)
         if part.exists() and not force:
             old = pd.read_parquet(part)
             same = int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d))
@@ -117,6 +119,13 @@ def evaluate(
         atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def part_name(run_dir: Path) -> str:
+    """Part file of a run: its name plus a hash of its full path, so runs with the same id in different
+    directories (one per hookpoint, say) never overwrite each other."""
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{run_dir.name}-{digest}.parquet"
 
 
 def _eval_rows(run_dir: Path) -> int:

@@ -114,9 +114,10 @@ def plot_census(results: str | Path, out: str | Path) -> list[Path]:
         live = t[(t.n_pos + t.n_neg) > 0]
         if live.empty:
             continue
-        variant = p.stem.split("-w")[0]
-        color = COLORS.get(variant)
-        ax1.hist(live.minority_share, bins=bins, histtype="step", lw=1.5, color=color, label=p.stem)
+        run = str(t["run"].iloc[0])
+        label = f"{run} · {t['hook'].iloc[0]}" if "hook" in t else run
+        color = COLORS.get(run.split("-w")[0])
+        ax1.hist(live.minority_share, bins=bins, histtype="step", lw=1.5, color=color, label=label)
         mass = np.sort(live[["mass_pos", "mass_neg"]].min(axis=1).to_numpy())[::-1]
         if mass.sum() > 0:
             ax2.plot(

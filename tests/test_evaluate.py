@@ -26,7 +26,9 @@ def test_eval_writes_one_part_per_run_and_skips(runs):
         assert 0 < row["axis_recovery"] <= 1 + 1e-9
     sa = table[table.variant == "sa-gsae"].iloc[0]
     assert sa["params"] == 2 * 48 * 64 + 4 * 48 + 64
-    part = runs / "res" / "eval" / "sa-gsae-w48-l1_0.4-s0.parquet"
+    from sagsae_cli.evaluate import part_name
+
+    part = runs / "res" / "eval" / part_name(runs / "runs" / "sa-gsae-w48-l1_0.4-s0")
     before = part.stat().st_mtime_ns
     run_cli("eval", *sorted((runs / "runs").iterdir()), "--results", runs / "res", check=0)
     assert part.stat().st_mtime_ns == before  # skipped
@@ -39,3 +41,13 @@ def test_eval_writes_one_part_per_run_and_skips(runs):
 def test_eval_bad_input(runs, tmp_path):
     p = run_cli("eval", tmp_path / "nothing", "--results", tmp_path / "r", check=2)
     assert "no run directories matched" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_same_run_id_in_two_directories_keeps_both_rows(runs, tmp_path):
+    import shutil
+
+    for hook in ("a", "b"):
+        shutil.copytree(runs / "runs" / "gated-w48-l1_0.4-s0", tmp_path / hook / "gated-w48-l1_0.4-s0")
+    run_cli("eval", tmp_path / "a" / "gated-w48-l1_0.4-s0", tmp_path / "b" / "gated-w48-l1_0.4-s0",
+            "--results", tmp_path / "res", check=0)  # fmt: skip
+    assert len(read_table(tmp_path / "res")) == 2
