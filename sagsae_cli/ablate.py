@@ -28,8 +28,9 @@ def ablate(base: TrainConfig, seeds: list[int], out: str, results: str, eval_tok
     dirs = train(ablation_configs(base, seeds), out, force=force, quiet=quiet, device=device, dtype=dtype)
     table = evaluate([str(d) for d in dirs], results, eval_tokens=eval_tokens, force=force)
     table["label"] = table["variant"] + "@" + table["width"].astype(str)
-    ref = table[table.label == f"sa-gsae@{base.width}"][["r2", "l0", "dead_frac"]].mean()
-    for col in ("r2", "l0", "dead_frac"):
+    cols = [c for c in ("r2", "l0", "dead_frac", "loss_recovered") if c in table]
+    ref = table[table.label == f"sa-gsae@{base.width}"][cols].mean()
+    for col in cols:
         table[f"delta_{col}"] = table[col] - ref[col]
     path = Path(results) / "ablation" / f"{Path(base.store).name}-w{base.width}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ from sagsae_cli.store import open_store
 def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None):
     """(summary row, per-latent census table) of one run on its store's eval split."""
     train_cfg = json.loads((run_dir / "train_cfg.json").read_text())
-    store_path = train_cfg.get("extra", {}).get("store") or train_cfg["store"]
-    store = open_store(store_path)
+    store = run_store(run_dir)
+    store_path = store.path
     sae, _ = load_sae(run_dir)
     if store.d != sae.cfg.d_in:
         raise SagsaeError(f"{run_dir} has d_in={sae.cfg.d_in} but its store {store_path} has d={store.d}")
@@ -128,9 +128,19 @@ def part_name(run_dir: Path) -> str:
     return f"{run_dir.name}-{digest}.parquet"
 
 
-def _eval_rows(run_dir: Path) -> int:
+def run_store(run_dir: Path):
+    """The store a run was trained on (recorded in train_cfg.json)."""
     cfg = json.loads((run_dir / "train_cfg.json").read_text())
-    return open_store(cfg.get("extra", {}).get("store") or cfg["store"]).rows("eval")
+    path = Path(cfg.get("extra", {}).get("store") or cfg["store"])
+    if not path.exists():
+        raise SagsaeError(
+            f"the store of {run_dir} is gone from {path}: move it back (or symlink it there) to evaluate this run"
+        )
+    return open_store(path)
+
+
+def _eval_rows(run_dir: Path) -> int:
+    return run_store(run_dir).rows("eval")
 
 
 def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
@@ -144,8 +154,7 @@ def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):
     """(model, tokenizer, windows) for loss recovered, or None (synthetic store, or disabled)."""
     if lr_windows <= 0:
         return None
-    cfg = json.loads((run_dir / "train_cfg.json").read_text())
-    store = open_store(cfg.get("extra", {}).get("store") or cfg["store"])
+    store = run_store(run_dir)
     if store.meta.get("source") != "lm":
         return None
     name = override or store.meta.get("model_source") or store.meta["model"]

@@ -51,3 +51,14 @@ def test_same_run_id_in_two_directories_keeps_both_rows(runs, tmp_path):
     run_cli("eval", tmp_path / "a" / "gated-w48-l1_0.4-s0", tmp_path / "b" / "gated-w48-l1_0.4-s0",
             "--results", tmp_path / "res", check=0)  # fmt: skip
     assert len(read_table(tmp_path / "res")) == 2
+
+
+def test_run_whose_store_moved(runs, tmp_path):
+    import shutil
+
+    shutil.copytree(runs / "s", tmp_path / "s")
+    run_cli("train", "--store", tmp_path / "s", "--out", tmp_path / "runs", "--variant", "gated", "--width", 16,
+            "--tokens", 2000, "--batch", 1000, "--quiet", check=0)  # fmt: skip
+    (tmp_path / "s").rename(tmp_path / "s-moved")
+    p = run_cli("eval", tmp_path / "runs" / "gated-w16-l1_0.4-s0", "--results", tmp_path / "res", check=2)
+    assert "store of" in p.stderr and "is gone" in p.stderr and "Traceback" not in p.stderr
