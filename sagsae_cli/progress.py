@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,7 +17,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+# wide enough for the result tables when output goes to a file or a pipe (rich assumes 80 there)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class _Bar:
