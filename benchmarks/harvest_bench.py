@@ -14,20 +14,11 @@ import tempfile
 import time
 
 import torch
+from _timing import best_time
 
 from sagsae_cli.data import iter_windows
 from sagsae_cli.harvest import HarvestConfig, harvest
 from sagsae_cli.models import load_model, run_to_layer
-
-
-def rate(fn, tokens: int, repeats: int = 2) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return tokens / best
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
                                 tokens=a.windows * (a.context - 1), eval_tokens=0, batch_size=a.batch_size)  # fmt: skip
             harvest(cfg, f"{tmp}/s", quiet=True)
 
-    r_full, r_trunc = rate(full, n_tok), rate(truncated, n_tok)
+    r_full, r_trunc = n_tok / best_time(full, 2), n_tok / best_time(truncated, 2)
     t = time.perf_counter()
     harvested()  # includes model loading from the safetensors cache: measure it separately
     t_all = time.perf_counter() - t

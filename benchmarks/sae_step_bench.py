@@ -7,21 +7,11 @@ the bare matmul floor (the same GEMMs timed alone), all measured in this one run
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import best_time
 
 from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
@@ -40,7 +30,7 @@ def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
             f @ w_dec
             g_x @ w_dec.T
 
-    return timed(run, repeats)
+    return best_time(run, repeats)
 
 
 def step_time(name: str, d: int, n: int, b: int, repeats: int) -> float:
@@ -56,7 +46,7 @@ def step_time(name: str, d: int, n: int, b: int, repeats: int) -> float:
         opt.step()
         sae.normalise_decoder()
 
-    return timed(run, repeats)
+    return best_time(run, repeats)
 
 
 def main() -> None:

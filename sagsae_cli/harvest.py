@@ -130,7 +130,7 @@ def _run(cfg, model, tok, writers, layer, skip, device, quiet) -> None:
                 for hook, w in behind.items():
                     n = _append(w, split, acts[hook], ids, start, skip, cfg, targets[split])
                     w.commit(cursor={**w.cursor, f"{split}_windows": done[split]})
-                    if hook == hooks[0] or hooks[0] not in behind:
+                    if hook == next(iter(behind)):  # count tokens once, not once per store
                         bar.advance(n)
             if split == "train":
                 break

@@ -132,8 +132,6 @@ class ActivationStore:
         stop = min(stop, self.rows(split))
         try:
             x = to_torch(self.array(split)[start:stop], self.dtype)
-        except SagsaeError:
-            raise
         except Exception as e:
             raise SagsaeError(
                 f"store {self.path} is corrupt: rows {start}:{stop} of {split} are unreadable ({e}); "
