@@ -192,6 +192,7 @@ def train(
     dtype: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16."),
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     log_every: int = typer.Option(50, help="Steps between history rows."),
+    wandb: Optional[str] = typer.Option(None, "--wandb", help="Also log history rows to this wandb project."),
     force: bool = typer.Option(False, help="Overwrite runs made with another config."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -226,7 +227,7 @@ def train(
                         log_every=log_every, store=store,
                     )
                 )  # fmt: skip
-    dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype)
+    dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype, wandb_project=wandb)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
         for path in dirs:

@@ -292,6 +292,7 @@ def train(
     quiet: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    wandb_project: str | None = None,
 ) -> list[Path]:
     """Train every config (all must share store, tokens, batch and data seed) in one pass over the
     data: each batch is read once and fed to every unfinished run. Resumes from checkpoints.
@@ -338,6 +339,7 @@ def train(
     todo = [r for r in runs if not r.done]
     if not todo:
         return [r.dir for r in runs]
+    loggers = _wandb_runs(wandb_project, todo) if wandb_project and world.main else {}
     stop = _StopFlag()
     start = min(r.step for r in todo)
     total = base.steps * base.batch
@@ -353,6 +355,8 @@ def train(
                         result = r.train_step(x, autocast)
                         if r.step % base.log_every == 0 or r.step == base.steps:
                             row = r.log(x, result)
+                            if loggers:
+                                loggers[r.cfg.run_id].log(row, step=r.step)
                             if r is todo[0]:
                                 bar.note(
                                     f"L0 {row['l0']:.1f}  R² {row['r2']:.3f}  dead {row['dead_frac']:.2f}"
@@ -369,12 +373,34 @@ def train(
                 r.finish(store.norm_factor)
             else:
                 r.save_checkpoint()
+    for logger in loggers.values():
+        logger.finish()
     barrier(world)
     if stop.requested:
         raise SagsaeError(
             f"stopped by signal at step {step}: checkpoints saved; rerun the same command to resume"
         )
     return [r.dir for r in runs]
+
+
+def _wandb_runs(project: str, runs: list[Run]) -> dict:
+    """One wandb run per SAE run (resumed under the same id), when wandb is installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise SagsaeError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+    return {
+        r.cfg.run_id: wandb.init(
+            project=project,
+            name=r.cfg.run_id,
+            id=r.cfg.run_id,
+            resume="allow",
+            config=asdict(r.cfg),
+            dir=str(r.dir),
+            reinit="create_new",
+        )  # fmt: skip
+        for r in runs
+    }
 
 
 class _StopFlag:

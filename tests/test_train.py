@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 import sys
@@ -154,3 +155,40 @@ def test_target_l0_controller_lands_near_the_target(synth, tmp_path):
     hist = pd.read_parquet(run / "history.parquet")
     assert hist["l0"].tail(5).mean() == pytest.approx(4.0, rel=0.15)
     assert hist["coef"].iloc[-1] < 0.4  # the controller lowered lambda from its starting value
+
+
+def test_wandb_logging_through_the_wandb_api(synth, tmp_path):
+    """A stand-in wandb module records the calls: one run per SAE, history rows logged, finished."""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "wandb.py").write_text(
+        "import json, os\n"
+        "class Run:\n"
+        "    def __init__(self, **kw): self.kw = kw; self.rows = []\n"
+        "    def log(self, row, step): self.rows.append(step)\n"
+        "    def finish(self):\n"
+        "        with open(os.environ['WANDB_STUB_OUT'], 'a') as f: f.write(json.dumps([self.kw['name'], self.rows]) + '\\n')\n"
+        "def init(**kw): return Run(**kw)\n"
+    )
+    out = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(stub), "WANDB_STUB_OUT": str(out)}
+    args = _train_args(synth, tmp_path / "runs", **{"--tokens": 5120, "--variant": "sa-gsae,gated"})
+    p = subprocess.run([sys.executable, "-m", "sagsae_cli", *args, "--wandb", "proj"], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    calls = dict(json.loads(line) for line in out.read_text().splitlines())
+    assert set(calls) == {"sa-gsae-w32-l1_0.3-s0", "gated-w32-l1_0.3-s0"}
+    assert calls["gated-w32-l1_0.3-s0"] == [10]  # 10 steps, logged every 10
+
+
+def test_wandb_missing_is_a_clear_error(synth, tmp_path):
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "wandb.py").write_text("raise ImportError('no wandb here')\n")
+    env = {**os.environ, "PYTHONPATH": str(stub)}
+    args = _train_args(synth, tmp_path / "runs", **{"--tokens": 5120})
+    p = subprocess.run([sys.executable, "-m", "sagsae_cli", *args, "--wandb", "proj"], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 2 and "pip install wandb" in p.stderr and "Traceback" not in p.stderr
