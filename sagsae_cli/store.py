@@ -324,8 +324,8 @@ class StoreWriter:
             arr.resize((start + n, *arr.shape[1:]))
             arr[start : start + n] = values
         if split == "train":
-            stored = to_torch(raw, self.dtype).double()
-            self._pending_sum_sq += float((stored * stored).sum())
+            stored = to_torch(raw, self.dtype)  # what a reader will see; row sums in fp32, total in fp64
+            self._pending_sum_sq += float(stored.pow(2).sum(1, dtype=torch.float64).sum())
         self._pending[split] = start + n
 
     def commit(self, cursor: dict | None = None, complete: bool = False) -> None:

@@ -38,7 +38,7 @@ def test_compare_verdict_from_the_table(results):
     assert "True" in p.stderr + p.stdout
     table = pd.read_parquet(results / "compare" / "compare.parquet")
     assert set(table.hook) == {"resid_mid", "mlp_out"} and table.dominates.all()
-    assert (table.dead_cut_at_l0 == pytest.approx(0.29)).all()
+    assert table.dead_cut_at_l0.tolist() == pytest.approx([0.29, 0.29])
 
 
 @pytest.mark.parametrize("name", ["pareto", "dead", "census"])
