@@ -35,9 +35,8 @@ x = torch.randn({batch}, {d})
 def step():
     opt.zero_grad(set_to_none=True)
     out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={{"l1": 0.4}}, dead_neuron_mask=None,
-                                                   n_training_steps=0))
-    out.loss.backward()
-    sae.remove_gradient_parallel_to_decoder_directions()
+                                                   n_training_steps=0, is_logging_step=False))
+    out.loss.backward()  # SAELens 6 keeps no decoder-norm constraint in the step (norms enter the loss)
     opt.step()
 step()
 best = min((lambda t: (step(), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range({repeats}))
