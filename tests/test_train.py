@@ -192,3 +192,12 @@ def test_wandb_missing_is_a_clear_error(synth, tmp_path):
     p = subprocess.run([sys.executable, "-m", "sagsae_cli", *args, "--wandb", "proj"], env=env,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 2 and "pip install wandb" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synth, tmp_path):
+    args = _train_args(synth, tmp_path, **{"--variant": "gated", "--lr": "1e30", "--tokens": 20_000,
+                                           "--checkpoint-every": 1})  # fmt: skip
+    p = run_cli(*args, check=2)
+    assert "loss is" in p.stderr and "at step" in p.stderr and "Traceback" not in p.stderr
+    ckpt = torch.load(tmp_path / "gated-w32-l1_0.3-s0" / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["sae"].values() if v.is_floating_point())
