@@ -1,6 +1,10 @@
-"""Shared by the benchmarks: best wall time of a function over repeats, after one warm-up call."""
+"""Shared by the benchmarks: best-of-N timing, and one SAE training step as a callable."""
 
 import time
+
+import torch
+
+from sagsae_cli.sae import SAEConfig, build_sae
 
 
 def best_time(fn, repeats: int = 3) -> float:
@@ -11,3 +15,22 @@ def best_time(fn, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def sae_step_fn(variant: str, d: int, width: int, batch: int, k: int = 64, clip: bool = False):
+    """One training step (forward, backward, decoder constraint, Adam) of ``variant`` on a fixed
+    random batch; ``clip`` adds the trainer's gradient-norm clip."""
+    sae = build_sae(variant, SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4, k=k))
+    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
+    x = torch.randn(batch, d)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        sum(sae(x).losses.values()).backward()
+        sae.remove_parallel_grad()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        sae.normalise_decoder()
+
+    return step

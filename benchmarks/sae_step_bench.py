@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import best_time
+from _timing import best_time, sae_step_fn
 
-from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae
+from sagsae_cli.sae import ARCHITECTURES
 
 
 def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
@@ -34,19 +34,7 @@ def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
 
 
 def step_time(name: str, d: int, n: int, b: int, repeats: int) -> float:
-    sae = build_sae(name, SAEConfig(architecture="", d_in=d, d_sae=n, l1=0.4, k=64))
-    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
-    x = torch.randn(b, d)
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        sum(sae(x).losses.values()).backward()
-        sae.remove_parallel_grad()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        sae.normalise_decoder()
-
-    return best_time(run, repeats)
+    return best_time(sae_step_fn(name, d, n, b, clip=True), repeats)
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import tempfile
 import time
 
 import torch
+from _timing import sae_step_fn
 
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import SAEConfig, build_sae
 from sagsae_cli.store import StoreWriter, open_store
 
 
@@ -41,17 +41,7 @@ def main() -> None:
         n = sum(x.shape[0] for x in reader.epoch(0))
         read = n / (time.perf_counter() - t)
 
-    sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=a.d, d_sae=a.width, l1=0.4))
-    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
-    x = torch.randn(a.batch, a.d)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        sum(sae(x).losses.values()).backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalise_decoder()
-
+    step = sae_step_fn("sa-gsae", a.d, a.width, a.batch)
     step()
     t = time.perf_counter()
     for _ in range(3):

@@ -17,9 +17,8 @@ import tempfile
 import time
 
 import torch
-from _timing import best_time
+from _timing import best_time, sae_step_fn
 
-from sagsae_cli.sae import SAEConfig, build_sae
 from sagsae_cli.store import StoreWriter
 from sagsae_cli.train import TrainConfig, train
 
@@ -45,18 +44,7 @@ print(best)
 
 
 def our_gated_step(d: int, width: int, batch: int, repeats: int) -> float:
-    sae = build_sae("gated", SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4))
-    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
-    x = torch.randn(batch, d)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        sum(sae(x).losses.values()).backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalise_decoder()
-
-    return best_time(step, repeats)
+    return best_time(sae_step_fn("gated", d, width, batch), repeats)
 
 
 def main() -> None:
