@@ -2,27 +2,36 @@
 
 One forward pass fills one store per requested hookpoint. Position 0 (BOS / attention sink) is
 skipped unless ``keep_bos``; tokens whose norm exceeds ``max_norm_ratio`` x the median norm (measured
-on the first batch and kept for the whole harvest) are dropped and counted (PAPER.md §6). Every
-batch is committed with a per-store cursor (windows done per split), so a killed harvest resumes at
-its last commit and ends identical to an uninterrupted one.
+on the first batch and kept for the whole harvest) are dropped and counted (PAPER.md §6). Stores
+are committed every few seconds with a per-store cursor (windows done per split), so a killed
+harvest resumes at its last commit and ends identical to an uninterrupted one.
+
+Under ``torchrun --nproc-per-node K``, rank r runs the forward pass of every K-th batch (disjoint
+windows), rank 0 gathers the activations and writes them in window order: the store equals a
+one-process harvest's, and a harvest may be resumed with another number of processes.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from sagsae_cli.data import iter_windows, windows_for
+from sagsae_cli.distributed import init_world, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.store import StoreWriter
 
+COMMIT_SECONDS = 5.0  # stores are committed this often (and at the end); SAGSAE_COMMIT_SECONDS overrides
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,8 +60,6 @@ def _store_paths(out: str, hooks: tuple[str, ...]) -> dict[str, Path]:
 
 
 def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = False) -> dict[str, Path]:
-    from sagsae_cli.distributed import pick_device
-
     parsed = [parse_hook(h, cfg.layer) for h in cfg.hooks]
     hooks = tuple(h for h, _ in parsed)
     layers = {lay for _, lay in parsed if lay is not None}
@@ -61,6 +68,7 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
     if cfg.context < 2 or cfg.tokens <= 0 or cfg.eval_tokens < 0 or cfg.batch_size <= 0:
         raise SagsaeError("--context must be >= 2, --tokens and --batch-size positive, --eval-tokens >= 0")
     device = pick_device(cfg.device)
+    world = init_world(device)
     mdtype = (
         cfg.model_dtype if cfg.model_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     )
@@ -75,12 +83,13 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
     d = model.config.hidden_size
     skip = 0 if cfg.keep_bos else 1
     base = {**asdict(cfg), "hooks": None, "layer": layer, "device": None, "model_dtype": mdtype}
-    next(
-        iter_windows(cfg.dataset, tok, cfg.context, 0, cfg.dataset_split, cfg.text_column)
-    )  # fail before writing
+    eval_windows = windows_for(cfg.eval_tokens, cfg.context, bool(skip))
+    eval_windows += math.ceil(0.05 * eval_windows) if cfg.eval_tokens else 0  # slack for dropped tokens
+    stream = iter_windows(cfg.dataset, tok, cfg.context, eval_windows, cfg.dataset_split, cfg.text_column)
+    stream = itertools.chain([next(stream)], stream)  # a bad dataset fails here, before any store exists
     writers = {}
     try:
-        for hook, path in _store_paths(out, hooks).items():
+        for hook, path in _store_paths(out, hooks).items() if world.main else ():
             meta = {
                 "source": "lm", "model": cfg.model, "model_source": source, "revision": cfg.revision,
                 "architecture": mtype, "n_layers": n_layers, "layer": layer, "hook": hook,
@@ -91,47 +100,55 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
             writers[hook] = StoreWriter(
                 path, d=d, dtype=cfg.dtype, config={**base, "hook": hook}, meta=meta, force=force
             )
-        _run(cfg, model, tok, writers, layer, skip, device, quiet)
+        _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet)
     finally:
         for w in writers.values():
             w.close()
     return {h: w.path for h, w in writers.items()}
 
 
-def _run(cfg, model, tok, writers, layer, skip, device, quiet) -> None:
-    if all(w.complete for w in writers.values()):
+def _commit_seconds() -> float:
+    return float(os.environ.get("SAGSAE_COMMIT_SECONDS", COMMIT_SECONDS))
+
+
+def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
+    """Stream windows in rounds of ``world.size`` batches: rank r runs batch r of each round, rank 0
+    gathers the activations and appends them in window order, so the store is the same for any
+    number of processes. Writers exist on rank 0 only; it decides and broadcasts what to compute."""
+    if _broadcast(all(w.complete for w in writers.values()), world):
         return
-    eval_windows = windows_for(cfg.eval_tokens, cfg.context, bool(skip))
-    eval_windows += math.ceil(0.05 * eval_windows) if cfg.eval_tokens else 0  # slack for dropped tokens
     targets = {"eval": cfg.eval_tokens, "train": cfg.tokens}
-    stream = iter_windows(cfg.dataset, tok, cfg.context, eval_windows, cfg.dataset_split, cfg.text_column)
-    hooks = list(writers)
     done = {"eval": 0, "train": 0}  # windows consumed per split in this pass over the stream
-    total = sum(targets.values())
-    with progress_bar(f"harvest {','.join(hooks)} L{layer}", total=total, quiet=quiet) as bar:
-        bar.advance(min(w.rows("eval") + w.rows("train") for w in writers.values()))
+    last_commit, every = time.monotonic(), _commit_seconds()
+    label = f"harvest {','.join(hooks)} L{layer}" + (f" x{world.size} ranks" if world.active else "")
+    with progress_bar(label, total=sum(targets.values()), quiet=quiet or not world.main) as bar:
+        bar.advance(min((w.rows("eval") + w.rows("train") for w in writers.values()), default=0))
         for split, group in itertools.groupby(stream, key=lambda t: t[0]):
             group = (ids for _, ids in group)
             while True:
-                if all(w.rows(split) >= targets[split] for w in writers.values()):
-                    break  # this split is full for every store (train: stop reading documents)
-                batch = list(itertools.islice(group, cfg.batch_size))
-                if not batch:
-                    break
-                start = done[split]
-                done[split] += len(batch)
-                behind = {h: w for h, w in writers.items() if w.cursor.get(f"{split}_windows", 0) <= start
-                          and w.rows(split) < targets[split]}  # fmt: skip
-                if not behind:
+                batches = [list(itertools.islice(group, cfg.batch_size)) for _ in range(world.size)]
+                if not batches[0]:
+                    break  # every rank reads the same stream, so every rank stops here
+                starts = list(itertools.accumulate((len(b) for b in batches[:-1]), initial=done[split]))
+                plan = _broadcast(_plan(writers, split, starts[-1], targets[split]), world)
+                if plan is None:
+                    break  # this split is full in every store (train: stop reading documents)
+                done[split] = starts[-1] + len(batches[-1])
+                if not plan:
                     continue  # already committed by an earlier (interrupted) run
-                ids = torch.tensor(batch, device=device)
-                with torch.no_grad():
-                    acts = run_to_layer(model, ids, list(behind), layer)
-                for hook, w in behind.items():
-                    n = _append(w, split, acts[hook], ids, start, skip, cfg, targets[split])
-                    w.commit(cursor={**w.cursor, f"{split}_windows": done[split]})
-                    if hook == next(iter(behind)):  # count tokens once, not once per store
-                        bar.advance(n)
+                shape = (len(batches[0]), len(batches[0][0]))
+                acts = _forward(model, batches[world.rank], shape, plan, layer, world)
+                if not world.main:
+                    continue
+                for batch, first, a in zip(batches, starts, acts):
+                    if batch:
+                        ids = torch.tensor(batch, device=world.device)
+                        bar.advance(_append_batch(writers, plan, split, a[:, : len(batch)], ids, first, skip, cfg,
+                                                  targets[split]))  # fmt: skip
+                if time.monotonic() - last_commit >= every:
+                    for w in writers.values():
+                        w.commit()
+                    last_commit = time.monotonic()
             if split == "train":
                 break
         for w in writers.values():
@@ -141,6 +158,56 @@ def _run(cfg, model, tok, writers, layer, skip, device, quiet) -> None:
                     note=f"dataset exhausted: {', '.join(f'{s} has {w.rows(s):,} rows' for s in short)}"
                 )
             w.commit(complete=True)
+
+
+def _plan(writers, split, last_start, target):
+    """Hooks to compute this round (those with a batch not yet written), or None if all are full."""
+    if not writers:
+        return []  # not rank 0: the broadcast replaces this
+    if all(w.rows(split) >= target for w in writers.values()):
+        return None
+    return [h for h, w in writers.items() if w.cursor.get(f"{split}_windows", 0) <= last_start
+            and w.rows(split) < target]  # fmt: skip
+
+
+def _forward(model, batch, shape, hooks, layer, world) -> list[torch.Tensor]:
+    """[(hooks, windows, context, d)] activations of this rank's batch. With several ranks, rank 0
+    gets every rank's, zero-padded to ``shape`` = (windows, context) of the round's first batch, in
+    rank order (the others get [])."""
+    if batch:
+        with torch.no_grad():
+            got = run_to_layer(model, torch.tensor(batch, device=world.device), hooks, layer)
+        mine = torch.stack([got[h] for h in hooks])
+    if not world.active:
+        return [mine]
+    full = torch.zeros(len(hooks), *shape, model.config.hidden_size, dtype=model.dtype, device=world.device)
+    if batch:
+        full[:, : len(batch)] = mine
+    bucket = [torch.empty_like(full) for _ in range(world.size)] if world.main else None
+    dist.gather(full, bucket, dst=0)
+    return bucket or []
+
+
+def _broadcast(value, world):
+    """Rank 0's ``value`` on every rank (a no-op for one process)."""
+    if not world.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=world.device)
+    return box[0]
+
+
+def _append_batch(writers, plan, split, acts, ids, first, skip, cfg, target) -> int:
+    """Append one batch to each store that still needs it; returns tokens written (counted once)."""
+    written = None
+    for hook, a in zip(plan, acts):
+        w = writers[hook]
+        if w.cursor.get(f"{split}_windows", 0) > first or w.rows(split) >= target:
+            continue
+        n = _append(w, split, a, ids, first, skip, cfg, target)
+        w.cursor[f"{split}_windows"] = first + ids.shape[0]
+        written = n if written is None else written
+    return written or 0
 
 
 def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -> int:

@@ -1,8 +1,14 @@
-"""Rich progress bars with rate and ETA, shared by every stage."""
+"""Rich progress bars with rate and ETA, shared by every stage.
+
+On a terminal the bar redraws in place. When stderr is a file or a pipe (nohup, Slurm, CI) rich
+cannot redraw, so the same columns are printed as one log line every ``LOG_SECONDS``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -19,20 +25,29 @@ from rich.text import Text
 
 # wide enough for the result tables when output goes to a file or a pipe (rich assumes 80 there)
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+LOG_SECONDS = float(os.environ.get("SAGSAE_LOG_SECONDS", 30))
 
 
 class _Bar:
     def __init__(self, progress: Progress | None, task):
         self._progress, self._task = progress, task
+        self._logged = time.monotonic()
 
     def advance(self, n: float) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, n)
+            self._log()
 
     def note(self, text: str) -> None:
         """Show live metrics (L0, R², ...) after the bar."""
         if self._progress is not None:
             self._progress.update(self._task, note=text)
+
+    def _log(self) -> None:
+        if self._progress.console.is_terminal or time.monotonic() - self._logged < LOG_SECONDS:
+            return
+        self._logged = time.monotonic()
+        self._progress.console.print(self._progress.make_tasks_table(self._progress.tasks))
 
 
 class _Rate(ProgressColumn):

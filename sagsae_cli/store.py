@@ -2,9 +2,10 @@
 
 Layout: ``<split>/{acts,token_ids,positions,sequence_ids}`` for the splits ``train`` and ``eval``,
 uncompressed chunks; root attributes hold the producer's metadata, the config hash and ``commit``,
-the last committed state. Appends are written beyond the committed rows and become visible only when
-``commit()`` rewrites the root attributes (Zarr writes each file atomically), so a process killed at
-any instant leaves a store that reopens at its last commit.
+the last committed state. Appends are queued in memory and written beyond the committed rows in large
+contiguous blocks (one resize and one write per array, not one per batch); they become visible only
+when ``commit()`` rewrites the root attributes (Zarr writes each file atomically), so a process killed
+at any instant leaves a store that reopens at its last commit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DTYPES = {
 }
 INDEX_ARRAYS = {"token_ids": "int32", "positions": "int32", "sequence_ids": "int64"}
 FLOAT16_MAX = 65504.0
+FLUSH_BYTES = 256 << 20  # queued appends are written to disk (not yet committed) beyond this size
 
 
 def config_hash(config: dict) -> str:
@@ -190,7 +192,10 @@ class StoreWriter:
         self.dtype, self.d = dtype, int(d)
         self.hash = config_hash(config)
         self._lock_fd = None
-        self._pending: dict[str, int] = {}  # rows appended since the last commit, per split
+        self._pending: dict[str, int] = {}  # row count per split including queued rows
+        self._queued: dict[str, list[dict]] = {}  # appended rows not yet written, per split
+        self._queued_bytes = 0
+        self._written: dict[str, int] = {}  # rows on disk per split (beyond the commit until commit())
         self._pending_sum_sq = 0.0
         if self.path.exists() and force:
             self._remove_existing()
@@ -303,34 +308,52 @@ class StoreWriter:
         return bool(self.state.get("complete"))
 
     def rows(self, split: str) -> int:
-        return int(self.state["rows"][split])
+        """Rows of ``split`` including those appended since the last commit."""
+        return int(self._pending.get(split, self.state["rows"][split]))
 
     def append(self, split, acts, token_ids=None, positions=None, sequence_ids=None) -> None:
-        """Write rows after the current end of ``split``; they become visible at ``commit()``."""
+        """Queue rows after the current end of ``split``; ``commit()`` writes and publishes them."""
         _check_split(split)
         raw = to_disk(acts, self.dtype)
         if raw.ndim != 2 or raw.shape[1] != self.d:
             raise SagsaeError(f"cannot append rows of shape {tuple(raw.shape)} to a store with d={self.d}")
         n = raw.shape[0]
-        index = {"token_ids": token_ids, "positions": positions, "sequence_ids": sequence_ids}
-        start = self._pending.get(split, self.rows(split))
-        for name, values in (("acts", raw), *index.items()):
-            arr = self.group[f"{split}/{name}"]
-            if values is None:
-                values = np.full(n, -1, dtype=INDEX_ARRAYS[name])
-            values = np.asarray(values).astype(arr.dtype, copy=False)
+        block = {"acts": raw}
+        for name, values in (
+            ("token_ids", token_ids),
+            ("positions", positions),
+            ("sequence_ids", sequence_ids),
+        ):
+            dt = INDEX_ARRAYS[name]
+            values = np.full(n, -1, dtype=dt) if values is None else np.asarray(values).astype(dt, copy=False)
             if values.shape[0] != n:
                 raise SagsaeError(f"{name} has {values.shape[0]} rows but acts has {n}")
-            arr.resize((start + n, *arr.shape[1:]))
-            arr[start : start + n] = values
+            block[name] = values
         if split == "train":
             stored = to_torch(raw, self.dtype)  # what a reader will see; row sums in fp32, total in fp64
             self._pending_sum_sq += float(stored.pow(2).sum(1, dtype=torch.float64).sum())
-        self._pending[split] = start + n
+        self._queued.setdefault(split, []).append(block)
+        self._queued_bytes += sum(v.nbytes for v in block.values())
+        self._pending[split] = self.rows(split) + n
+        if self._queued_bytes >= FLUSH_BYTES:
+            self._flush()  # bounded memory; the rows stay invisible until commit()
+
+    def _flush(self) -> None:
+        """Write the queued rows: one resize and one contiguous write per array and split."""
+        for split, blocks in self._queued.items():
+            start = self._written.get(split, int(self.state["rows"][split]))
+            for name in ("acts", *INDEX_ARRAYS):
+                values = np.concatenate([b[name] for b in blocks])
+                arr = self.group[f"{split}/{name}"]
+                arr.resize((start + values.shape[0], *arr.shape[1:]))
+                arr[start:] = values
+            self._written[split] = start + values.shape[0]
+        self._queued, self._queued_bytes = {}, 0
 
     def commit(self, cursor: dict | None = None, complete: bool = False) -> None:
-        """Make appended rows durable and visible, with the producer's resume ``cursor``."""
-        rows = {s: self._pending.get(s, self.rows(s)) for s in SPLITS}
+        """Write the queued rows and make them durable and visible, with the producer's ``cursor``."""
+        self._flush()
+        rows = {s: self.rows(s) for s in SPLITS}
         state = {
             "rows": rows,
             "sum_sq": self.state["sum_sq"] + self._pending_sum_sq,
@@ -339,7 +362,7 @@ class StoreWriter:
         }
         norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
         self.group.attrs.update({"commit": state, "norm_factor": norm})
-        self.state, self._pending, self._pending_sum_sq = state, {}, 0.0
+        self.state, self._pending, self._written, self._pending_sum_sq = state, {}, {}, 0.0
 
     def set_meta(self, **meta) -> None:
         merged = {**self.group.attrs.asdict().get("meta", {}), **meta}

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -31,3 +32,36 @@ def test_ddp_matches_single_process_and_uneven_data_does_not_hang(tmp_path, vari
         for k in a:
             assert torch.allclose(a[k], b[k], atol=2e-4, rtol=1e-4), (run, k, (a[k] - b[k]).abs().max())
     assert (ddp.stdout + ddp.stderr).count("done:") == 1  # only rank 0 reports
+
+
+def _harvest(out, model, corpus, tokens, nproc=1, port=29531):
+    args = ["harvest", "--model", model, "--dataset", corpus, "--hook", "resid_mid,mlp_out", "--layer", 1,
+            "--context", 16, "--tokens", tokens, "--eval-tokens", 300, "--batch-size", 3, "--out", out, "--quiet"]  # fmt: skip
+    launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAGSAE_COMMIT_SECONDS": "0"}
+    p = subprocess.run([sys.executable, *(launch if nproc > 1 else []), "-m", "sagsae_cli", *map(str, args)],
+                       capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.parametrize("tokens", [4000, 10**6])  # the target reached mid-round; the dataset exhausted
+def test_torchrun_harvest_equals_single_process(tmp_path, tokens):
+    from conftest import make_tiny_model, write_corpus
+
+    from sagsae_cli.store import open_store
+
+    model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=12)
+    two = _harvest(tmp_path / "two", model, corpus, tokens, nproc=2)
+    _harvest(tmp_path / "one", model, corpus, tokens)
+    assert (two.stdout + two.stderr).count("done ") == 2  # rank 0 reports each store once
+    for hook in ("resid_mid", "mlp_out"):
+        a, b = open_store(tmp_path / "one" / hook), open_store(tmp_path / "two" / hook)
+        assert b.complete and a.commit_state["rows"] == b.commit_state["rows"]
+        assert 1000 < b.rows("train") <= tokens
+        for split in ("train", "eval"):
+            for name in ("acts", "token_ids", "positions", "sequence_ids"):
+                np.testing.assert_array_equal(a.array(split, name)[:], b.array(split, name)[:])
+        assert a.norm_factor == b.norm_factor and a.meta.get("note") == b.meta.get("note")
+    if tokens > 10**5:
+        assert "dataset exhausted" in a.meta["note"]
