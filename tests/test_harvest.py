@@ -87,7 +87,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, corpus, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "SAGSAE_COMMIT_SECONDS": "0.3"}  # several batches per commit
     p = subprocess.Popen(
-        [sys.executable, "-m", "sagsae_cli", *map(str, _harvest_args(tiny["neox-parallel"], corpus, out))], env=env
+        [sys.executable, "-m", "sagsae_cli", *map(str, _harvest_args(tiny["neox-parallel"], corpus, out))],
+        env=env,
     )
     deadline = time.time() + 120
     while time.time() < deadline:
