@@ -196,7 +196,7 @@ class StoreWriter:
         self._queued: dict[str, list[dict]] = {}  # appended rows not yet written, per split
         self._queued_bytes = 0
         self._written: dict[str, int] = {}  # rows on disk per split (beyond the commit until commit())
-        self._pending_sum_sq = 0.0
+        self._sum_sq: float | None = None  # running Σ‖x‖² incl. queued rows (None: the committed one)
         if self.path.exists() and force:
             self._remove_existing()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -331,7 +331,9 @@ class StoreWriter:
             block[name] = values
         if split == "train":
             stored = to_torch(raw, self.dtype)  # what a reader will see; row sums in fp32, total in fp64
-            self._pending_sum_sq += float(stored.pow(2).sum(1, dtype=torch.float64).sum())
+            total = self.state["sum_sq"] if self._sum_sq is None else self._sum_sq
+            # added batch by batch, so the sum does not depend on when commits happen
+            self._sum_sq = total + float(stored.pow(2).sum(1, dtype=torch.float64).sum())
         self._queued.setdefault(split, []).append(block)
         self._queued_bytes += sum(v.nbytes for v in block.values())
         self._pending[split] = self.rows(split) + n
@@ -356,13 +358,13 @@ class StoreWriter:
         rows = {s: self.rows(s) for s in SPLITS}
         state = {
             "rows": rows,
-            "sum_sq": self.state["sum_sq"] + self._pending_sum_sq,
+            "sum_sq": self.state["sum_sq"] if self._sum_sq is None else self._sum_sq,
             "cursor": dict(cursor if cursor is not None else self.cursor),
             "complete": complete,
         }
         norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
         self.group.attrs.update({"commit": state, "norm_factor": norm})
-        self.state, self._pending, self._written, self._pending_sum_sq = state, {}, {}, 0.0
+        self.state, self._pending, self._written, self._sum_sq = state, {}, {}, None
 
     def set_meta(self, **meta) -> None:
         merged = {**self.group.attrs.asdict().get("meta", {}), **meta}
