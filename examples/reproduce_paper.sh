@@ -18,13 +18,14 @@ DATASET=${DATASET:-monology/pile-uncopyrighted}
 ROOT=${ROOT:-out/paper}
 . examples/_setup.sh
 
-TRAIN="sagsae train"
-if [ "$GPUS" -gt 1 ]; then TRAIN="torchrun --nproc-per-node $GPUS -m sagsae_cli train"; fi
+SAGSAE="sagsae"
+if [ "$GPUS" -gt 1 ]; then SAGSAE="torchrun --nproc-per-node $GPUS -m sagsae_cli"; fi
+TRAIN="$SAGSAE train"
 
 declare -A D=([pythia-1b]=2048 [smollm3-3b]=2048)
 for MODEL in pythia-1b smollm3-3b; do
   STORE="$ROOT/stores/$MODEL"
-  sagsae harvest --model "$MODEL" --hook resid_mid,mlp_out,attn_out --dataset "$DATASET" \
+  $SAGSAE harvest --model "$MODEL" --hook resid_mid,mlp_out,attn_out --dataset "$DATASET" \
     --tokens "$HARVEST_TOKENS" --eval-tokens "$EVAL_TOKENS" --context 1024 --batch-size 32 \
     --dtype bfloat16 --out "$STORE"
   H=$((EXPANSION_H * ${D[$MODEL]}))

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -81,3 +85,10 @@ def test_ablate_end_to_end_then_plots(tmp_path):
         check=0,
     )
     assert non_blank(tmp_path / "fig" / "training.png")
+    table = subprocess.run([sys.executable, "examples/results_table.py", str(tmp_path / "res")], capture_output=True,
+                           text=True, check=True, cwd=Path(__file__).parents[1]).stdout  # fmt: skip
+    assert (
+        "ablation s-w24" in table
+        and "| no-aux@24 |" in table
+        and "| hook | variant | width | l1 | seeds |" in table
+    )
