@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo) against one process replaying the same global batches."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import typer
 from conftest import run_cli
 from safetensors.torch import load_file
 
@@ -20,7 +22,7 @@ def test_ddp_matches_single_process_and_uneven_data_does_not_hang(tmp_path, vari
             "--tokens", 45_000, "--batch", 1000, "--lr", 2e-3, "--quiet", "--checkpoint-every", 20]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "sagsae_cli", *map(str, args), "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
@@ -34,10 +36,14 @@ def test_ddp_matches_single_process_and_uneven_data_does_not_hang(tmp_path, vari
     assert (ddp.stdout + ddp.stderr).count("done:") == 1  # only rank 0 reports
 
 
-def _harvest(out, model, corpus, tokens, nproc=1, port=29531):
-    args = ["harvest", "--model", model, "--dataset", corpus, "--hook", "resid_mid,mlp_out", "--layer", 1,
+def _harvest_args(out, model, corpus, tokens):
+    return ["harvest", "--model", model, "--dataset", corpus, "--hook", "resid_mid,mlp_out", "--layer", 1,
             "--context", 16, "--tokens", tokens, "--eval-tokens", 300, "--batch-size", 3, "--out", out, "--quiet"]  # fmt: skip
-    launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port)]
+
+
+def _harvest(out, model, corpus, tokens, nproc=1):
+    args = _harvest_args(out, model, corpus, tokens)
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SAGSAE_COMMIT_SECONDS": "0"}
     p = subprocess.run([sys.executable, *(launch if nproc > 1 else []), "-m", "sagsae_cli", *map(str, args)],
                        capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
@@ -49,14 +55,40 @@ def _harvest(out, model, corpus, tokens, nproc=1, port=29531):
 def test_torchrun_harvest_equals_single_process(tmp_path, tokens):
     from conftest import make_tiny_model, write_corpus
 
+    import sagsae_cli.harvest as harvest_module
+    from sagsae_cli import cli
     from sagsae_cli.store import open_store
 
     model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=12)
     two = _harvest(tmp_path / "two", model, corpus, tokens, nproc=2)
     _harvest(tmp_path / "one", model, corpus, tokens)
     assert (two.stdout + two.stderr).count("done ") == 2  # rank 0 reports each store once
-    for hook in ("resid_mid", "mlp_out"):
-        a, b = open_store(tmp_path / "one" / hook), open_store(tmp_path / "two" / hook)
+    # a one-process harvest interrupted after 7 batches, then finished by 2 processes
+    calls = []
+
+    def interrupt(*args):
+        calls.append(1)
+        if len(calls) > 7:
+            raise RuntimeError("interrupted")
+        return real(*args)
+
+    real, harvest_module._append_batch = harvest_module._append_batch, interrupt
+    os.environ["SAGSAE_COMMIT_SECONDS"] = "0"
+    try:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            command = typer.main.get_command(cli.app)
+            command(
+                list(map(str, _harvest_args(tmp_path / "resumed", model, corpus, tokens))),
+                standalone_mode=False,
+            )
+    finally:
+        harvest_module._append_batch = real
+        del os.environ["SAGSAE_COMMIT_SECONDS"]
+    partial = open_store(tmp_path / "resumed" / "mlp_out")
+    assert not partial.complete and 0 < partial.rows("eval") + partial.rows("train") < 1000
+    _harvest(tmp_path / "resumed", model, corpus, tokens, nproc=2)
+    for hook, other in itertools.product(("resid_mid", "mlp_out"), ("two", "resumed")):
+        a, b = open_store(tmp_path / "one" / hook), open_store(tmp_path / other / hook)
         assert b.complete and a.commit_state["rows"] == b.commit_state["rows"]
         assert 1000 < b.rows("train") <= tokens and b.rows("eval") == 300
         for split in ("train", "eval"):
