@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: best-of-N timing, and one SAE training step as a callable."""
+"""Shared by the benchmarks: best-of-N timing (interleaved for side-by-side ratios), and one SAE training step as a callable."""
 
 import time
 
@@ -8,12 +8,20 @@ from sagsae_cli.sae import SAEConfig, build_sae
 
 
 def best_time(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+    return best_times([fn], repeats)[0]
+
+
+def best_times(fns, repeats: int = 3) -> list[float]:
+    """Best-of-``repeats`` seconds of each callable after one warm-up call, the callables taking
+    turns within each repeat so that a slow spell of a noisy machine hits them all alike."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 

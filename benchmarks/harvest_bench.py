@@ -10,11 +10,12 @@ and the ratios harvest / full (aim >= 1.6 at layer 15) and harvest overhead over
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 
 import torch
-from _timing import best_time
+from _timing import best_times
 
 import sagsae_cli.harvest as harvest_module
 from sagsae_cli.data import iter_windows
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=64)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     t = time.perf_counter()
     loaded = load_model("smollm2-135m")
@@ -50,13 +52,15 @@ def main() -> None:
             for ids in batches:
                 run_to_layer(model, ids, ["resid_mid"], a.layer)
 
-    def harvested():
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = HarvestConfig(model="smollm2-135m", hooks=("resid_mid",), layer=a.layer, context=a.context,
-                                tokens=a.windows * (a.context - 1), eval_tokens=0, batch_size=a.batch_size)  # fmt: skip
-            harvest(cfg, f"{tmp}/s", quiet=True)
+    cfg = HarvestConfig(model="smollm2-135m", hooks=("resid_mid",), layer=a.layer, context=a.context,
+                        tokens=a.windows * (a.context - 1), eval_tokens=0, batch_size=a.batch_size)  # fmt: skip
+    tmp, calls = tempfile.TemporaryDirectory(), itertools.count()
 
-    r_full, r_trunc, r_harv = (n_tok / best_time(f, 2) for f in (full, truncated, harvested))
+    def harvested():  # a new store each call; deleting them is left out of the timing
+        harvest(cfg, f"{tmp.name}/s{next(calls)}", quiet=True)
+
+    r_full, r_trunc, r_harv = (n_tok / t for t in best_times([full, truncated, harvested], a.repeats))
+    tmp.cleanup()
     print(f"SmolLM2-135M fp32, {torch.get_num_threads()} threads, {a.windows} windows x {a.context} tokens, "
           f"batch {a.batch_size}, layer {a.layer}")  # fmt: skip
     print(f"full forward        {r_full:10,.0f} tok/s")
