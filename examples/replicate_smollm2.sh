@@ -30,12 +30,13 @@ done
 sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens "$EVAL_TOKENS" --lr-windows 16
 
 sagsae ablate --store "$OUT/stores/mlp_out" --width "$H" --l1 "$ABLATE_L1" --seeds 0 --tokens "$TOKENS" \
-  --batch 1024 --lr 2e-3 --eval-tokens "$EVAL_TOKENS" --out "$OUT/ablation" --results "$OUT/results"
+  --batch 1024 --lr 2e-3 --eval-tokens "$EVAL_TOKENS" --out "$OUT/ablation" --results "$OUT/results-ablation"
 
 sagsae compare --results "$OUT/results" --matched-l0 32
-for FIG in pareto dead census ablation; do
+for FIG in pareto dead census; do
   sagsae plot "$FIG" --results "$OUT/results" --out "$OUT/figures"
 done
+sagsae plot ablation --results "$OUT/results-ablation" --out "$OUT/figures"
 sagsae plot training --run "$OUT/runs/mlp_out/sa-gsae-w$H-l1_$ABLATE_L1-s0" \
   --run "$OUT/runs/mlp_out/gated-w$((2 * H))-l1_$ABLATE_L1-s0" --out "$OUT/figures"
 echo "figures in $OUT/figures, tables in $OUT/results"

@@ -34,11 +34,12 @@ def seed_table(t: pd.DataFrame) -> pd.DataFrame:
     if {"ce_sae", "ce_clean"} <= set(t):
         t = t.assign(delta_ce=t.ce_sae - t.ce_clean)
     cols = [c for c in MEAN_COLS if c in t and t[c].notna().any()]
-    g = t.groupby(KEYS, dropna=False)
+    keys = (["model"] if t.model.nunique() > 1 else []) + KEYS  # e.g. synthetic protocols share hooks
+    g = t.groupby(keys, dropna=False)
     out = g[cols].mean()
     out.insert(0, "seeds", g["seed"].nunique())
     out.insert(out.columns.get_loc("r2") + 1, "r2_sd", g["r2"].std())
-    return out.reset_index().sort_values(KEYS)
+    return out.reset_index().sort_values(keys)
 
 
 def main(results: str) -> None:
@@ -51,7 +52,8 @@ def main(results: str) -> None:
     cmp = Path(results) / "compare" / "compare.parquet"
     if cmp.exists():
         print()
-        print(markdown(pd.read_parquet(cmp)[CMP_COLS]))
+        c = pd.read_parquet(cmp)
+        print(markdown(c[(["model"] if c.model.nunique() > 1 else []) + CMP_COLS]))
     for name, a in ablations.items():
         print(f"\nablation {name}")
         print(markdown(a[[c for c in ABL_COLS if c in a]]))

@@ -54,7 +54,8 @@ def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None)
         grp = grp.sort_values("l0")
         color = COLORS.get(variant, None)
         label = f"{LABELS.get(variant, variant)}, width {width}"
-        ax.plot(grp.l0, grp[y], "o-", color=color, label=label, lw=1.8, ms=4)
+        wider = width > cell.loc[cell.variant == variant, "width"].min()  # a variant's second width: dashed
+        ax.plot(grp.l0, grp[y], "o--" if wider else "o-", color=color, label=label, lw=1.8, ms=4)
         if band and (grp.seeds > 1).any():
             ax.fill_between(grp.l0, grp[band[0]], grp[band[1]], color=color, alpha=0.2, lw=0)
     ax.set_xscale("log")
