@@ -133,7 +133,7 @@ class Run:
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
             theirs = json.loads(record.read_text())
-            if theirs != mine:
+            if _same_store_path(theirs) != _same_store_path(mine):
                 diff = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise SagsaeError(
                     f"{self.dir} holds a run with a different config ({', '.join(diff)} differ): "
@@ -282,6 +282,11 @@ class Run:
             row |= {"theta_mean": float(theta.mean()), "theta_median": float(theta.median())}
         self.history.append(row)
         return row
+
+
+def _same_store_path(cfg: dict) -> dict:
+    """The config with its store path resolved: `out/s` and `/abs/out/s` name the same store."""
+    return {**cfg, "store": str(Path(cfg.get("store", "")).resolve())}
 
 
 def train(

@@ -95,6 +95,9 @@ def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
     before = (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns
     run_cli(*_train_args(synth, out), check=0)
     assert (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns == before
+    # ... also when the store is named by another path to the same directory
+    run_cli(*_train_args(f"{synth.parent}/../{synth.parent.name}/{synth.name}", out), check=0)
+    assert (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns == before
 
 
 def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
