@@ -26,7 +26,7 @@ def ablation_configs(base: TrainConfig, seeds: list[int]) -> list[TrainConfig]:
 def ablate(base: TrainConfig, seeds: list[int], out: str, results: str, eval_tokens: int, *, force=False,
            quiet=False, device="auto", dtype="auto") -> pd.DataFrame:  # fmt: skip
     dirs = train(ablation_configs(base, seeds), out, force=force, quiet=quiet, device=device, dtype=dtype)
-    table = evaluate([str(d) for d in dirs], results, eval_tokens=eval_tokens, force=force)
+    table = evaluate([str(d) for d in dirs], results, eval_tokens=eval_tokens, force=force, quiet=quiet)
     table["label"] = table["variant"] + "@" + table["width"].astype(str)
     cols = [c for c in ("r2", "l0", "dead_frac", "loss_recovered") if c in table]
     ref = table[table.label == f"sa-gsae@{base.width}"][cols].mean()

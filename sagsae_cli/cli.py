@@ -243,13 +243,14 @@ def eval_cmd(
     lr_windows: int = typer.Option(16, help="Held-out windows for loss recovered on LM stores (0 = skip)."),
     model: Optional[str] = typer.Option(None, help="Model for loss recovered (default: the store's)."),
     force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
     latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
     from sagsae_cli.evaluate import evaluate
 
     frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
-                     lr_windows=lr_windows, model=model)  # fmt: skip
+                     lr_windows=lr_windows, model=model, quiet=quiet)  # fmt: skip
     cols = ["run", "params", "r2", "l0", "dead_frac", "bipolar_frac", "loss_recovered", "axis_recovery",
             "latents_per_axis"]  # fmt: skip
     cols = [c for c in cols if c in frame]

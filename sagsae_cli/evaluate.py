@@ -16,6 +16,7 @@ import torch
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, latents_per_axis
+from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
 from sagsae_cli.sae.base import atomic_write
@@ -92,7 +93,7 @@ def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) ->
 
 def evaluate(
     run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False,
-    bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None,
+    bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None, quiet: bool = False,
 ):  # fmt: skip
     """Evaluate every finished run; returns the rows (new and skipped) as a DataFrame."""
     dirs = [Path(d) for d in run_dirs if (Path(d) / "train_cfg.json").exists()]
@@ -101,23 +102,29 @@ def evaluate(
     out, census_dir = Path(results) / "eval", Path(results) / "census"
     out.mkdir(parents=True, exist_ok=True)
     census_dir.mkdir(parents=True, exist_ok=True)
-    rows, lms = [], {}
     for d in dirs:
         if not (d / "sae_weights.safetensors").exists():
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
-        part = out / part_name(d)
-        if part.exists() and not force:
-            old = pd.read_parquet(part)
-            same = int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d))
-            if same and float(old["bipolar_threshold"].iloc[0]) == bipolar_threshold:
-                rows.append(old.iloc[0].to_dict())
-                continue
-        row, census = evaluate_run(d, eval_tokens, bipolar_threshold=bipolar_threshold,
-                                   lm=_lm_for(d, lr_windows, model, lms))  # fmt: skip
-        atomic_write(census_dir / part.name, lambda p, c=census: c.to_parquet(p, index=False))
-        frame = pd.DataFrame([row])
-        atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
-        rows.append(row)
+    rows, lms = [], {}
+    with progress_bar("eval", total=len(dirs), unit="run", quiet=quiet) as bar:
+        for d in dirs:
+            bar.advance(0)
+            bar.note(f"{d.parent.name}/{d.name}")
+            part = out / part_name(d)
+            if part.exists() and not force:
+                old = pd.read_parquet(part)
+                same = int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d))
+                if same and float(old["bipolar_threshold"].iloc[0]) == bipolar_threshold:
+                    rows.append(old.iloc[0].to_dict())
+                    bar.advance(1)
+                    continue
+            row, census = evaluate_run(d, eval_tokens, bipolar_threshold=bipolar_threshold,
+                                       lm=_lm_for(d, lr_windows, model, lms))  # fmt: skip
+            atomic_write(census_dir / part.name, lambda p, c=census: c.to_parquet(p, index=False))
+            frame = pd.DataFrame([row])
+            atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
+            rows.append(row)
+            bar.advance(1)
     return pd.DataFrame(rows)
 
 

@@ -57,7 +57,11 @@ class _Rate(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="cyan")
+        if not speed:
+            return Text(f"? {self.unit}/s", style="cyan")
+        return Text(
+            f"{speed:,.0f} {self.unit}/s" if speed >= 1 else f"{1 / speed:,.1f} s/{self.unit}", style="cyan"
+        )
 
 
 @contextmanager
