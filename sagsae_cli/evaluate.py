@@ -108,7 +108,6 @@ def evaluate(
     rows, lms = [], {}
     with progress_bar("eval", total=len(dirs), unit="run", quiet=quiet) as bar:
         for d in dirs:
-            bar.advance(0)
             bar.note(f"{d.parent.name}/{d.name}")
             part = out / part_name(d)
             if part.exists() and not force:

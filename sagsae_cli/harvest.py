@@ -143,8 +143,9 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
                 for batch, first, a in zip(batches, starts, acts):
                     if batch:
                         ids = torch.tensor(batch, device=world.device)
-                        bar.advance(_append_batch(writers, plan, split, a[:, : len(batch)], ids, first, skip, cfg,
-                                                  targets[split]))  # fmt: skip
+                        bar.advance(
+                            _append_batch(writers, plan, split, a, ids, first, skip, cfg, targets[split])
+                        )
                 if time.monotonic() - last_commit >= every:
                     for w in writers.values():
                         w.commit()
@@ -170,19 +171,18 @@ def _plan(writers, split, last_start, target):
             and w.rows(split) < target]  # fmt: skip
 
 
-def _forward(model, batch, shape, hooks, layer, world) -> list[torch.Tensor]:
-    """[(hooks, windows, context, d)] activations of this rank's batch. With several ranks, rank 0
-    gets every rank's, zero-padded to ``shape`` = (windows, context) of the round's first batch, in
-    rank order (the others get [])."""
+def _forward(model, batch, shape, hooks, layer, world) -> list:
+    """Per rank, the activations of its batch for each hook ((windows, context, d) each). One process:
+    [this batch's]. Several: rank 0 gets every rank's, zero-padded to ``shape`` = (windows, context)
+    of the round's first batch, in rank order; the others get []."""
     if batch:
         with torch.no_grad():
             got = run_to_layer(model, torch.tensor(batch, device=world.device), hooks, layer)
-        mine = torch.stack([got[h] for h in hooks])
     if not world.active:
-        return [mine]
+        return [[got[h] for h in hooks]]
     full = torch.zeros(len(hooks), *shape, model.config.hidden_size, dtype=model.dtype, device=world.device)
-    if batch:
-        full[:, : len(batch)] = mine
+    for i, h in enumerate(hooks if batch else ()):
+        full[i, : len(batch)] = got[h]
     bucket = [torch.empty_like(full) for _ in range(world.size)] if world.main else None
     dist.gather(full, bucket, dst=0)
     return bucket or []
@@ -198,13 +198,14 @@ def _broadcast(value, world):
 
 
 def _append_batch(writers, plan, split, acts, ids, first, skip, cfg, target) -> int:
-    """Append one batch to each store that still needs it; returns tokens written (counted once)."""
+    """Append one batch (``acts``: per hook, possibly zero-padded beyond the batch's windows) to each
+    store that still needs it; returns tokens written (counted once)."""
     written = None
     for hook, a in zip(plan, acts):
         w = writers[hook]
         if w.cursor.get(f"{split}_windows", 0) > first or w.rows(split) >= target:
             continue
-        n = _append(w, split, a, ids, first, skip, cfg, target)
+        n = _append(w, split, a[: ids.shape[0]], ids, first, skip, cfg, target)
         w.cursor[f"{split}_windows"] = first + ids.shape[0]
         written = n if written is None else written
     return written or 0

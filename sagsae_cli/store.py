@@ -319,12 +319,7 @@ class StoreWriter:
             raise SagsaeError(f"cannot append rows of shape {tuple(raw.shape)} to a store with d={self.d}")
         n = raw.shape[0]
         block = {"acts": raw}
-        for name, values in (
-            ("token_ids", token_ids),
-            ("positions", positions),
-            ("sequence_ids", sequence_ids),
-        ):
-            dt = INDEX_ARRAYS[name]
+        for (name, dt), values in zip(INDEX_ARRAYS.items(), (token_ids, positions, sequence_ids)):
             values = np.full(n, -1, dtype=dt) if values is None else np.asarray(values).astype(dt, copy=False)
             if values.shape[0] != n:
                 raise SagsaeError(f"{name} has {values.shape[0]} rows but acts has {n}")
