@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from sagsae_cli import __version__
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import PeerError, SagsaeError
 from sagsae_cli.progress import console
 
 app = typer.Typer(
@@ -379,6 +379,8 @@ def store_info(path: str = typer.Argument(..., help="Store directory.")) -> None
 def main() -> None:
     try:
         app()  # standalone: click prints usage errors itself and exits 2
+    except PeerError:
+        sys.exit(2)  # rank 0 printed the error
     except SagsaeError as e:
         console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -6,11 +6,14 @@ process. With it: gloo on CPU, nccl on CUDA, one process per device.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from sagsae_cli.errors import PeerError, SagsaeError
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,16 @@ def init_world(device: torch.device) -> World:
         return World(device=device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_close)
     return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def _close() -> None:
+    """Tear the process group down while the interpreter is still whole: left to interpreter
+    finalisation, gloo's worker threads can abort the process ("terminate called without an active
+    exception", SIGABRT) after the command itself succeeded (pytorch/pytorch#190489)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,8 +54,6 @@ def pick_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            from sagsae_cli.errors import SagsaeError
-
             raise SagsaeError("--device cuda but no CUDA device is visible: use --device cpu or auto")
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
@@ -69,3 +79,28 @@ def all_agree(flag: bool, world: World) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=world.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def on_main(fn, world: World):
+    """``fn()`` on rank 0 only (None on the others). A SagsaeError there is raised on every rank (a
+    PeerError, which the CLI does not print, on the others, once rank 0 has exited: torchrun stops
+    the job when the first rank fails), so no rank waits in a collective for a peer that quit."""
+    if not world.active:
+        return fn()
+    value, error = None, None
+    if world.main:
+        try:
+            value = fn()
+        except SagsaeError as e:
+            error = e
+    box = [None if error is None else str(error)]
+    dist.broadcast_object_list(box, src=0, device=world.device)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        try:  # rank 0 never joins: this returns when it has printed its error and quit
+            dist.barrier()
+        except Exception:
+            pass
+        raise PeerError(box[0])
+    return value

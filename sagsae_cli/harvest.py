@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from sagsae_cli.data import iter_windows, windows_for
-from sagsae_cli.distributed import init_world, pick_device
+from sagsae_cli.distributed import init_world, on_main, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
 from sagsae_cli.progress import progress_bar
@@ -87,9 +87,10 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
     eval_windows += math.ceil(0.05 * eval_windows) if cfg.eval_tokens else 0  # slack for dropped tokens
     stream = iter_windows(cfg.dataset, tok, cfg.context, eval_windows, cfg.dataset_split, cfg.text_column)
     stream = itertools.chain([next(stream)], stream)  # a bad dataset fails here, before any store exists
-    writers = {}
-    try:
-        for hook, path in _store_paths(out, hooks).items() if world.main else ():
+    writers = {}  # rank 0 only
+
+    def open_writers():
+        for hook, path in _store_paths(out, hooks).items():
             meta = {
                 "source": "lm", "model": cfg.model, "model_source": source, "revision": cfg.revision,
                 "architecture": mtype, "n_layers": n_layers, "layer": layer, "hook": hook,
@@ -100,6 +101,9 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
             writers[hook] = StoreWriter(
                 path, d=d, dtype=cfg.dtype, config={**base, "hook": hook}, meta=meta, force=force
             )
+
+    try:
+        on_main(open_writers, world)
         _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet)
     finally:
         for w in writers.values():

@@ -96,3 +96,46 @@ def test_torchrun_harvest_equals_single_process(tmp_path, tokens):
                 np.testing.assert_array_equal(a.array(split, name)[:], b.array(split, name)[:])
         assert a.norm_factor == b.norm_factor and a.meta.get("note") == b.meta.get("note")
     assert ("dataset exhausted" in a.meta.get("note", "")) == (tokens > 10**5)
+
+
+def test_torchrun_bad_input_is_one_line_from_rank_0(tmp_path):
+    # rank 0 alone opens the stores; its refusal must reach rank 1, not leave it failing in a collective
+    from conftest import make_tiny_model, write_corpus
+
+    from sagsae_cli.store import open_store
+
+    model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=4)
+    _harvest(tmp_path / "s", model, corpus, 200)
+    before = open_store(tmp_path / "s" / "mlp_out").commit_state
+    args = _harvest_args(tmp_path / "s", model, corpus, 300)  # another config, no --force
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "sagsae_cli", *map(str, args)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and out.count("error: ") == 1 and "different config" in out, out[-3000:]
+    assert "[rank" not in out and out.count("Traceback") <= 1, out[-3000:]  # torchrun's own only
+    assert "exitcode  : 2" in out.split("Root Cause")[1], out[-3000:]  # rank 0 failed first, with code 2
+    assert open_store(tmp_path / "s" / "mlp_out").commit_state == before
+
+
+def test_process_group_is_destroyed_before_interpreter_exit(tmp_path):
+    # left to interpreter finalisation, gloo's threads can abort a rank (SIGABRT, "terminate called
+    # without an active exception") after a successful command: CI saw it once in the harvest test
+    script = tmp_path / "probe.py"  # each rank reports in its own file (their stdout interleaves)
+    script.write_text(
+        "import atexit, os, pathlib, torch, torch.distributed as dist\n"
+        "from sagsae_cli.distributed import init_world\n"
+        "report = pathlib.Path(os.environ['PROBE_DIR'], 'rank' + os.environ['RANK'])\n"
+        "atexit.register(lambda: report.write_text(f'{world.size} {dist.is_initialized()}'))\n"
+        "world = init_world(torch.device('cpu'))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PROBE_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    # the handler registered before init_world runs after ours: the group must be gone by then
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["2 False"] * 2
