@@ -81,26 +81,31 @@ def all_agree(flag: bool, world: World) -> bool:
     return bool(t.item())
 
 
-def on_main(fn, world: World):
-    """``fn()`` on rank 0 only (None on the others). A SagsaeError there is raised on every rank (a
-    PeerError, which the CLI does not print, on the others, once rank 0 has exited: torchrun stops
-    the job when the first rank fails), so no rank waits in a collective for a peer that quit."""
-    if not world.active:
-        return fn()
-    value, error = None, None
-    if world.main:
-        try:
-            value = fn()
-        except SagsaeError as e:
-            error = e
-    box = [None if error is None else str(error)]
-    dist.broadcast_object_list(box, src=0, device=world.device)
-    if error is not None:
-        raise error
-    if box[0] is not None:
+def from_main(value, world: World):
+    """Rank 0's ``value`` on every rank. If it is a SagsaeError, every rank raises: rank 0 the error
+    itself, the others a PeerError (not printed by the CLI) once rank 0 has exited, so torchrun
+    names rank 0 as the root cause and no rank is left failing inside a collective."""
+    if world.active:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=world.device)
+        value = box[0]
+    if isinstance(value, SagsaeError):
+        if world.main:
+            raise value
         try:  # rank 0 never joins: this returns when it has printed its error and quit
             dist.barrier()
         except Exception:
             pass
-        raise PeerError(box[0])
+        raise PeerError(str(value))
     return value
+
+
+def on_main(fn, world: World):
+    """``fn()`` on rank 0 only (None on the others); a SagsaeError there is raised on every rank."""
+    value = None
+    if world.main:
+        try:
+            value = fn()
+        except SagsaeError as e:
+            value = e
+    return from_main(value, world)

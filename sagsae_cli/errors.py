@@ -1,5 +1,11 @@
 """User-facing errors: the CLI prints them as one line and exits with code 2."""
 
+import errno
+import os
+from contextlib import contextmanager
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota, file-size limit
+
 
 class SagsaeError(Exception):
     """Bad input or a state the user must fix. The message says what is wrong and what to do."""
@@ -8,3 +14,28 @@ class SagsaeError(Exception):
 class PeerError(SagsaeError):
     """Raised on the other ranks of a torchrun job when rank 0 hit a SagsaeError: rank 0 prints the
     message, the others exit with code 2 quietly instead of failing inside a collective."""
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+    """The OS's words if ``e`` is a full disk (also when a library wraps the OSError, as safetensors
+    does), else None."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        return e.strerror or os.strerror(e.errno)
+    return next((os.strerror(n) for n in DISK_FULL if os.strerror(n) in str(e)), None)
+
+
+def disk_full_message(reason: str, what: str) -> str:
+    return (f"no space left to write {what} ({reason}): free some space or choose another --out, "
+            "then rerun the same command (what was committed before is kept)")  # fmt: skip
+
+
+@contextmanager
+def disk_space(what: str):
+    """A full disk (or quota, or file-size limit) while writing ``what`` becomes a SagsaeError."""
+    try:
+        yield
+    except Exception as e:
+        reason = disk_full_reason(e)
+        if reason is None:
+            raise
+        raise SagsaeError(disk_full_message(reason, what)) from None

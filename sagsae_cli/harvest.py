@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from sagsae_cli.data import iter_windows, windows_for
-from sagsae_cli.distributed import init_world, on_main, pick_device
+from sagsae_cli.distributed import from_main, init_world, on_main, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
 from sagsae_cli.progress import progress_bar
@@ -119,11 +119,12 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
     """Stream windows in rounds of ``world.size`` batches: rank r runs batch r of each round, rank 0
     gathers the activations and appends them in window order, so the store is the same for any
     number of processes. Writers exist on rank 0 only; it decides and broadcasts what to compute."""
-    if _broadcast(all(w.complete for w in writers.values()), world):
+    if from_main(all(w.complete for w in writers.values()), world):
         return
     targets = {"eval": cfg.eval_tokens, "train": cfg.tokens}
     done = {"eval": 0, "train": 0}  # windows consumed per split in this pass over the stream
     last_commit, every = time.monotonic(), _commit_seconds()
+    failure = None  # rank 0's SagsaeError, raised on every rank at the next plan
     label = f"harvest {','.join(hooks)} L{layer}" + (f" x{world.size} ranks" if world.active else "")
     with progress_bar(label, total=sum(targets.values()), quiet=quiet or not world.main) as bar:
         bar.advance(min((w.rows("eval") + w.rows("train") for w in writers.values()), default=0))
@@ -134,7 +135,7 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
                 if not batches[0]:
                     break  # every rank reads the same stream, so every rank stops here
                 starts = list(itertools.accumulate((len(b) for b in batches[:-1]), initial=done[split]))
-                plan = _broadcast(_plan(writers, split, starts[-1], targets[split]), world)
+                plan = from_main(failure or _plan(writers, split, starts[-1], targets[split]), world)
                 if plan is None:
                     break  # this split is full in every store (train: stop reading documents)
                 done[split] = starts[-1] + len(batches[-1])
@@ -144,18 +145,25 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
                 acts = _forward(model, batches[world.rank], shape, plan, layer, world)
                 if not world.main:
                     continue
-                for batch, first, a in zip(batches, starts, acts):
-                    if batch:
-                        ids = torch.tensor(batch, device=world.device)
-                        bar.advance(
-                            _append_batch(writers, plan, split, a, ids, first, skip, cfg, targets[split])
-                        )
-                if time.monotonic() - last_commit >= every:
-                    for w in writers.values():
-                        w.commit()
-                    last_commit = time.monotonic()
+                try:
+                    for batch, first, a in zip(batches, starts, acts):
+                        if batch:
+                            ids = torch.tensor(batch, device=world.device)
+                            bar.advance(
+                                _append_batch(writers, plan, split, a, ids, first, skip, cfg, targets[split])
+                            )
+                    if time.monotonic() - last_commit >= every:
+                        for w in writers.values():
+                            w.commit()
+                        last_commit = time.monotonic()
+                except SagsaeError as e:
+                    if not world.active:
+                        raise
+                    failure = e  # the other ranks wait for the next round's plan: send it there
             if split == "train":
                 break
+        if failure:
+            raise failure  # the stream ended with that round: the other ranks have already left
         for w in writers.values():
             short = [s for s in ("eval", "train") if w.rows(s) < targets[s]]
             if short:
@@ -192,15 +200,6 @@ def _forward(model, batch, shape, hooks, layer, world) -> list:
     return bucket or []
 
 
-def _broadcast(value, world):
-    """Rank 0's ``value`` on every rank (a no-op for one process)."""
-    if not world.active:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, device=world.device)
-    return box[0]
-
-
 def _append_batch(writers, plan, split, acts, ids, first, skip, cfg, target) -> int:
     """Append one batch (``acts``: per hook, possibly zero-padded beyond the batch's windows) to each
     store that still needs it; returns tokens written (counted once)."""
@@ -219,6 +218,14 @@ def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -
     """Filter and append one batch's rows to one store; returns rows written."""
     b, t, d = acts.shape
     x = acts[:, skip:].float().reshape(-1, d)
+    finite = torch.isfinite(x).all(dim=1)
+    if not finite.all():  # the norm filter would silently drop such rows: refuse instead
+        i = int((~finite).nonzero()[0, 0])
+        raise SagsaeError(
+            f"{w.path}: the model's activations contain NaN or inf (window {first_window + i // (t - skip)}, "
+            f"position {skip + i % (t - skip)}): check the model's weights; if --model-dtype is float16, "
+            "use bfloat16 or float32"
+        )
     tok = ids[:, skip:].reshape(-1)
     pos = torch.arange(skip, t, device=ids.device).repeat(b)
     seq = (first_window + torch.arange(b, device=ids.device)).repeat_interleave(t - skip)

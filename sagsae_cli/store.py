@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zarr
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, disk_space
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
@@ -342,8 +342,9 @@ class StoreWriter:
             for name in ("acts", *INDEX_ARRAYS):
                 values = np.concatenate([b[name] for b in blocks])
                 arr = self.group[f"{split}/{name}"]
-                arr.resize((start + values.shape[0], *arr.shape[1:]))
-                arr[start:] = values
+                with disk_space(f"store {self.path}"):
+                    arr.resize((start + values.shape[0], *arr.shape[1:]))
+                    arr[start:] = values
             self._written[split] = start + values.shape[0]
         self._queued, self._queued_bytes = {}, 0
 
@@ -358,7 +359,8 @@ class StoreWriter:
             "complete": complete,
         }
         norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
-        self.group.attrs.update({"commit": state, "norm_factor": norm})
+        with disk_space(f"store {self.path}"):
+            self.group.attrs.update({"commit": state, "norm_factor": norm})
         self.state, self._pending, self._written, self._sum_sq = state, {}, {}, None
 
     def set_meta(self, **meta) -> None:

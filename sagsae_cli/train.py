@@ -26,7 +26,7 @@ from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
 from sagsae_cli.sae import SAE, SAEConfig, build_sae, resolve
-from sagsae_cli.sae.base import atomic_write
+from sagsae_cli.sae.base import atomic_write, torch_save
 from sagsae_cli.store import open_store
 
 
@@ -168,7 +168,7 @@ class Run:
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         state = {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "history": self.history, "coef": self.coef}  # fmt: skip
-        atomic_write(self.ckpt, lambda p: torch.save(state, p))
+        atomic_write(self.ckpt, lambda p: torch_save(state, p))
         if self.history:
             frame = pd.DataFrame(self.history)
             atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))

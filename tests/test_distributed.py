@@ -99,24 +99,33 @@ def test_torchrun_harvest_equals_single_process(tmp_path, tokens):
 
 
 def test_torchrun_bad_input_is_one_line_from_rank_0(tmp_path):
-    # rank 0 alone opens the stores; its refusal must reach rank 1, not leave it failing in a collective
+    # rank 0 alone opens and writes the stores; its refusals must reach rank 1, not leave it failing
+    # inside a collective: at start (a store made with another config) and mid-run (NaN activations)
+    import shutil
+
     from conftest import make_tiny_model, write_corpus
+    from safetensors.torch import save_file
 
     from sagsae_cli.store import open_store
 
     model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=4)
     _harvest(tmp_path / "s", model, corpus, 200)
     before = open_store(tmp_path / "s" / "mlp_out").commit_state
-    args = _harvest_args(tmp_path / "s", model, corpus, 300)  # another config, no --force
-    p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "sagsae_cli", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    out = p.stdout + p.stderr
-    assert p.returncode != 0 and out.count("error: ") == 1 and "different config" in out, out[-3000:]
-    assert "[rank" not in out and out.count("Traceback") <= 1, out[-3000:]  # torchrun's own only
-    assert "exitcode  : 2" in out.split("Root Cause")[1], out[-3000:]  # rank 0 failed first, with code 2
+    nan = shutil.copytree(model, tmp_path / "nan")
+    weights = load_file(str(nan / "model.safetensors"))
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    cases = [(tmp_path / "s", model, 300, "different config"), (tmp_path / "n", nan, 200, "NaN or inf")]
+    for out, m, tokens, message in cases:
+        p = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+             "-m", "sagsae_cli", *map(str, _harvest_args(out, m, corpus, tokens))],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        text = p.stdout + p.stderr
+        assert p.returncode != 0 and text.count("error: ") == 1 and message in text, text[-3000:]
+        assert "[rank" not in text and text.count("Traceback") <= 1, text[-3000:]  # torchrun's own only
+        assert "exitcode  : 2" in text.split("Root Cause")[1], text[-3000:]  # rank 0 failed first, code 2
     assert open_store(tmp_path / "s" / "mlp_out").commit_state == before
 
 

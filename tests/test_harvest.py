@@ -153,6 +153,30 @@ def test_empty_and_unreadable_datasets(tiny, tmp_path):
     assert "cannot read" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_broken_models_are_one_line_errors(tiny, corpus, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    no_tok = tmp_path / "no_tokenizer"
+    no_tok.mkdir()
+    for f in tiny["llama"].iterdir():
+        if not f.name.startswith("tokenizer"):
+            shutil.copy(f, no_tok)
+    p = run_cli(
+        "harvest", "--model", no_tok, "--dataset", corpus, "--out", tmp_path / "s1", "--quiet", check=2
+    )
+    assert "tokenizer files" in p.stderr and "Traceback" not in p.stderr
+    # NaN weights: every row would fail the norm filter (NaN <= x is False), leaving an empty store
+    nan = shutil.copytree(tiny["llama"], tmp_path / "nan_weights")
+    weights = load_file(nan / "model.safetensors")
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, nan / "model.safetensors", metadata={"format": "pt"})
+    args = ["--dataset", corpus, "--layer", 1, "--tokens", 200, "--eval-tokens", 0, "--quiet"]
+    p = run_cli("harvest", "--model", nan, "--hook", "mlp_out", "--out", tmp_path / "s2", *args, check=2)
+    assert "NaN or inf (window 0, position 1)" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_tl_hook_names():
     assert parse_hook("blocks.8.hook_resid_mid", None) == ("resid_mid", 8)
     assert parse_hook("mlp_out", 3) == ("mlp_out", 3)

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, disk_space
 
 WEIGHTS = "sae_weights.safetensors"
 CONFIG = "cfg.json"
@@ -207,11 +207,42 @@ def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with disk_space(str(path)):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class _WriteRecorder:
+    """A file wrapper that keeps the OSError of a failed write: torch.save swallows it and reports
+    only "unexpected pos", which would hide a full disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def torch_save(obj, path: Path) -> None:
+    """torch.save(obj, path), raising the OSError itself when a write fails."""
+    with open(path, "wb") as f:
+        out = _WriteRecorder(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
 def load_sae(run_dir: str | Path, normalised: bool = True) -> tuple[SAE, float]:
