@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from sagsae_cli import __version__
-from sagsae_cli.errors import PeerError, SagsaeError, disk_full_message, disk_full_reason
+from sagsae_cli.errors import PeerError, SagsaeError, disk_space
 from sagsae_cli.progress import console
 
 app = typer.Typer(
@@ -376,23 +376,15 @@ def store_info(path: str = typer.Argument(..., help="Store directory.")) -> None
     _print_info(path)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    sys.exit(2)
-
-
 def main() -> None:
     try:
-        app()  # standalone: click prints usage errors itself and exits 2
+        with disk_space():  # a full disk outside the store and atomic_write, which name their file
+            app()  # standalone: click prints usage errors itself and exits 2
     except PeerError:
         sys.exit(2)  # rank 0 printed the error
     except SagsaeError as e:
-        _fail(str(e))
-    except Exception as e:  # a full disk outside the store and atomic_write (which name the file)
-        reason = disk_full_reason(e)
-        if reason is None:
-            raise
-        _fail(disk_full_message(reason, getattr(e, "filename", None) or "the output"))
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to resume")
         sys.exit(130)

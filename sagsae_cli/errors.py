@@ -16,7 +16,7 @@ class PeerError(SagsaeError):
     message, the others exit with code 2 quietly instead of failing inside a collective."""
 
 
-def disk_full_reason(e: BaseException) -> str | None:
+def _disk_full_reason(e: BaseException) -> str | None:
     """The OS's words if ``e`` is a full disk (also when a library wraps the OSError, as safetensors
     does), else None."""
     if isinstance(e, OSError) and e.errno in DISK_FULL:
@@ -24,18 +24,20 @@ def disk_full_reason(e: BaseException) -> str | None:
     return next((os.strerror(n) for n in DISK_FULL if os.strerror(n) in str(e)), None)
 
 
-def disk_full_message(reason: str, what: str) -> str:
-    return (f"no space left to write {what} ({reason}): free some space or choose another --out, "
-            "then rerun the same command (what was committed before is kept)")  # fmt: skip
-
-
 @contextmanager
-def disk_space(what: str):
-    """A full disk (or quota, or file-size limit) while writing ``what`` becomes a SagsaeError."""
+def disk_space(what: str | None = None):
+    """A full disk (or quota, or file-size limit) while writing ``what`` (default: the file the
+    error names) becomes a SagsaeError."""
     try:
         yield
+    except SagsaeError:
+        raise  # already says what to do (and may quote the OS's words itself)
     except Exception as e:
-        reason = disk_full_reason(e)
+        reason = _disk_full_reason(e)
         if reason is None:
             raise
-        raise SagsaeError(disk_full_message(reason, what)) from None
+        target = what or getattr(e, "filename", None) or "the output"
+        raise SagsaeError(
+            f"no space left to write {target} ({reason}): free some space or choose another --out, "
+            "then rerun the same command (what was committed before is kept)"
+        ) from None

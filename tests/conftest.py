@@ -10,12 +10,12 @@ import torch
 torch.set_num_threads(2)
 
 
-def run_cli(*args, check=None, timeout=600):
+def run_cli(*args, check=None, timeout=600, preexec_fn=None):
     """Run `python -m sagsae_cli ARGS` in a subprocess; returns CompletedProcess."""
     env = {**os.environ, "COLUMNS": "200"}
     p = subprocess.run(
         [sys.executable, "-m", "sagsae_cli", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=timeout,
+        capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=preexec_fn,
     )  # fmt: skip
     if check is not None:
         assert p.returncode == check, f"rc={p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}"
@@ -87,6 +87,19 @@ def make_tiny_model(family: str, path: Path) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
                                    pad_token="<pad>")  # fmt: skip
     fast.save_pretrained(path)
+    return path
+
+
+def nan_weights_copy(model: Path, path: Path) -> Path:
+    """A copy of the local model dir ``model`` with one NaN weight in layer 0 (its MLP output)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, path)
+    weights = load_file(str(path / "model.safetensors"))
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 
 

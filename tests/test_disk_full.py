@@ -2,10 +2,8 @@
 resumes once there is room. A file-size limit (RLIMIT_FSIZE, EFBIG) stands in for a full disk:
 writes fail the same way (ENOSPC is handled by the same code), without filling a real filesystem."""
 
-import os
 import resource
 import subprocess
-import sys
 
 import numpy as np
 from conftest import run_cli
@@ -18,8 +16,7 @@ def _run_limited(*args, limit: int) -> subprocess.CompletedProcess:
     def cap_file_size():  # Python ignores SIGXFSZ, so a write past the cap fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run([sys.executable, "-m", "sagsae_cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=cap_file_size, timeout=300)  # fmt: skip
+    return run_cli(*args, preexec_fn=cap_file_size, timeout=300)
 
 
 def _refused(p: subprocess.CompletedProcess, what: str) -> None:

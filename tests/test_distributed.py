@@ -101,20 +101,14 @@ def test_torchrun_harvest_equals_single_process(tmp_path, tokens):
 def test_torchrun_bad_input_is_one_line_from_rank_0(tmp_path):
     # rank 0 alone opens and writes the stores; its refusals must reach rank 1, not leave it failing
     # inside a collective: at start (a store made with another config) and mid-run (NaN activations)
-    import shutil
-
-    from conftest import make_tiny_model, write_corpus
-    from safetensors.torch import save_file
+    from conftest import make_tiny_model, nan_weights_copy, write_corpus
 
     from sagsae_cli.store import open_store
 
     model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=4)
     _harvest(tmp_path / "s", model, corpus, 200)
     before = open_store(tmp_path / "s" / "mlp_out").commit_state
-    nan = shutil.copytree(model, tmp_path / "nan")
-    weights = load_file(str(nan / "model.safetensors"))
-    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
-    save_file(weights, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    nan = nan_weights_copy(model, tmp_path / "nan")
     cases = [(tmp_path / "s", model, 300, "different config"), (tmp_path / "n", nan, 200, "NaN or inf")]
     for out, m, tokens, message in cases:
         p = subprocess.run(

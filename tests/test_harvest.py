@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model, run_cli, write_corpus
+from conftest import make_tiny_model, nan_weights_copy, run_cli, write_corpus
 
 from sagsae_cli.data import iter_windows
 from sagsae_cli.models import load_model, parse_hook, run_to_layer
@@ -156,8 +156,6 @@ def test_empty_and_unreadable_datasets(tiny, tmp_path):
 def test_broken_models_are_one_line_errors(tiny, corpus, tmp_path):
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     no_tok = tmp_path / "no_tokenizer"
     no_tok.mkdir()
     for f in tiny["llama"].iterdir():
@@ -168,10 +166,7 @@ def test_broken_models_are_one_line_errors(tiny, corpus, tmp_path):
     )
     assert "tokenizer files" in p.stderr and "Traceback" not in p.stderr
     # NaN weights: every row would fail the norm filter (NaN <= x is False), leaving an empty store
-    nan = shutil.copytree(tiny["llama"], tmp_path / "nan_weights")
-    weights = load_file(nan / "model.safetensors")
-    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
-    save_file(weights, nan / "model.safetensors", metadata={"format": "pt"})
+    nan = nan_weights_copy(tiny["llama"], tmp_path / "nan_weights")
     args = ["--dataset", corpus, "--layer", 1, "--tokens", 200, "--eval-tokens", 0, "--quiet"]
     p = run_cli("harvest", "--model", nan, "--hook", "mlp_out", "--out", tmp_path / "s2", *args, check=2)
     assert "NaN or inf (window 0, position 1)" in p.stderr and "Traceback" not in p.stderr
