@@ -177,10 +177,10 @@ def train(
     batch: int = typer.Option(4096, help="Tokens per batch."),
     lr: float = typer.Option(3e-4, help="Base learning rate (thresholds get --threshold-lr-mult x)."),
     threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
-    warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10%% of the run)."),
+    warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
     dead_window: str = typer.Option(
-        "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10%%))."
+        "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10% of the run))."
     ),
     data_seed: int = typer.Option(0, help="Seed of the batch order (shared by the sweep)."),
     data_shards: int = typer.Option(
@@ -193,6 +193,9 @@ def train(
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     log_every: int = typer.Option(50, help="Steps between history rows."),
     wandb: Optional[str] = typer.Option(None, "--wandb", help="Also log history rows to this wandb project."),
+    allow_incomplete: bool = typer.Option(
+        False, help="Train on a store whose harvest has not finished (its norm factor is from partial data)."
+    ),
     force: bool = typer.Option(False, help="Overwrite runs made with another config."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -227,7 +230,8 @@ def train(
                         log_every=log_every, store=store,
                     )
                 )  # fmt: skip
-    dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype, wandb_project=wandb)
+    dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype, wandb_project=wandb,
+                        allow_incomplete=allow_incomplete)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
         for path in dirs:
@@ -314,6 +318,8 @@ def compare(
 ) -> None:
     """The paper's comparison per cell: Pareto verdict of A@H against B@2H over their L0 overlap,
     dead-fraction cut at a matched L0 and the sweep-geomean dead ratio. Saves <results>/compare/."""
+    import pandas as pd
+
     from sagsae_cli.compare import compare as run_compare
     from sagsae_cli.compare import write_compare
     from sagsae_cli.evaluate import read_table
@@ -327,9 +333,18 @@ def compare(
         table.add_column(h, justify="right" if h != "cell" else "left")
     for _, r in frame.iterrows():
         overlap = f"{r.overlap_lo:.3g}-{r.overlap_hi:.3g}" if r.overlap else "none"
-        table.add_row(f"{r.model} {r.hook}", f"{r.a} vs {r.b}", overlap, str(r.dominates), f"{r.worst_gap:+.4f}",
-                      f"{r.max_abs_gap:.4f}", f"{r.dead_cut_at_l0:+.3f}", f"{r.dead_ratio_geomean:.3g}x")  # fmt: skip
+        cut = f"{r.dead_cut_at_l0:+.3f}" if pd.notna(r.dead_cut_at_l0) else "n/a (outside overlap)"
+        gap = f"{r.worst_gap:+.4f}" if r.overlap else "n/a"
+        table.add_row(f"{r.model} {r.hook}", f"{r.a} vs {r.b}", overlap, str(r.dominates), gap,
+                      f"{r.max_abs_gap:.4f}", cut, f"{r.dead_ratio_geomean:.3g}x")  # fmt: skip
     console.print(table)
+    outside = frame[frame.dead_cut_at_l0.isna()]
+    for _, r in outside.iterrows():
+        console.print(
+            f"note: {r.model} {r.hook}: --matched-l0 {matched_l0:g} lies outside the L0 range both sides cover "
+            + (f"({r.overlap_lo:.3g}-{r.overlap_hi:.3g})" if r.overlap else "(they do not overlap)")
+            + ": choose an L0 inside it for the dead cut"
+        )
     console.print(f"saved {path}")
 
 

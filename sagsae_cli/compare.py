@@ -15,11 +15,13 @@ from sagsae_cli.errors import SagsaeError
 from sagsae_cli.metrics import dead_reduction, pareto_verdict
 from sagsae_cli.sae.base import atomic_write
 
-POINT_KEYS = ["model", "hook", "variant", "width", "l1", "k"]
+POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
 
 
 def seed_means(table: pd.DataFrame) -> pd.DataFrame:
-    """One point per (cell, variant, width, coefficient): seed means, with min/max of R²."""
+    """One point per (cell, variant, width, coefficient or target L0): seed means, with min/max of R²."""
+    if "target_l0" not in table:  # tables written before target_l0 was a column
+        table = table.assign(target_l0=0.0)
     g = table.groupby(POINT_KEYS, dropna=False)
     points = g[["l0", "r2", "dead_frac", "bipolar_frac"]].mean()
     points["r2_min"], points["r2_max"], points["seeds"] = g["r2"].min(), g["r2"].max(), g["seed"].nunique()

@@ -51,7 +51,11 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_thr
         "run_dir": str(run_dir),
         "variant": sae.cfg.variant,
         "width": sae.cfg.d_sae,
-        "l1": sae.cfg.l1,
+        # the requested coefficient: seeds of one target-L0 sweep share it (and their target), so they
+        # pool into one point; the coefficient the controller ended with is l1_final
+        "l1": float(train_cfg.get("l1", sae.cfg.l1)),
+        "l1_final": sae.cfg.l1,
+        "target_l0": float(train_cfg.get("target_l0", 0.0)),
         "k": sae.cfg.k,
         "seed": train_cfg["seed"],
         "model": store.meta.get("model", ""),
@@ -110,21 +114,41 @@ def evaluate(
         for d in dirs:
             bar.note(f"{d.parent.name}/{d.name}")
             part = out / part_name(d)
+            key = cache_key(d, eval_tokens=min(eval_tokens, _eval_rows(d)), bipolar_threshold=bipolar_threshold,
+                            lr_windows=lr_windows, model=model)  # fmt: skip
             if part.exists() and not force:
-                old = pd.read_parquet(part)
-                same = int(old["eval_tokens"].iloc[0]) == min(eval_tokens, _eval_rows(d))
-                if same and float(old["bipolar_threshold"].iloc[0]) == bipolar_threshold:
+                old = _read_part(part)
+                if old is not None and "cache_key" in old and old["cache_key"].iloc[0] == key:
                     rows.append(old.iloc[0].to_dict())
                     bar.advance(1)
                     continue
             row, census = evaluate_run(d, eval_tokens, bipolar_threshold=bipolar_threshold,
                                        lm=_lm_for(d, lr_windows, model, lms))  # fmt: skip
+            row["cache_key"] = key
             atomic_write(census_dir / part.name, lambda p, c=census: c.to_parquet(p, index=False))
             frame = pd.DataFrame([row])
             atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
             rows.append(row)
             bar.advance(1)
     return pd.DataFrame(rows)
+
+
+def cache_key(run_dir: Path, **settings) -> str:
+    """What a cached row depends on: the evaluation settings and the SAE's weights (a run retrained
+    with --force gets a new row)."""
+    h = hashlib.sha256()
+    with open(run_dir / "sae_weights.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return json.dumps({**settings, "weights": h.hexdigest()[:16]}, sort_keys=True)
+
+
+def _read_part(path: Path):
+    """A cached part file, or None if it is unreadable (it is then recomputed and replaced)."""
+    try:
+        return pd.read_parquet(path)
+    except Exception:
+        return None
 
 
 def part_name(run_dir: Path) -> str:

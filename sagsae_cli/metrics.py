@@ -159,7 +159,8 @@ def pareto_verdict(l0_a, r2_a, l0_b, r2_b, n_grid: int = 256) -> dict:
 def dead_reduction(l0_a, dead_a, n_a, l0_b, dead_b, n_b, matched_l0: float | None = None, n_grid=256) -> dict:
     """Dead-fraction cut of A against B: absolute (dead_B - dead_A) at ``matched_l0`` (interpolated in
     log L0; NaN outside both ranges) and the geometric mean over the L0 overlap of
-    (dead_B + 1/n_B) / (dead_A + 1/n_A)."""
+    (dead_B + e) / (dead_A + e) with one floor e = 1 / max(n_A, n_B) for both sides, so that two
+    dictionaries without a dead latent compare as 1x whatever their widths."""
     import numpy as np
 
     out = {"dead_cut_at_l0": float("nan"), "dead_ratio_geomean": float("nan")}
@@ -169,6 +170,7 @@ def dead_reduction(l0_a, dead_a, n_a, l0_b, dead_b, n_b, matched_l0: float | Non
         out["dead_cut_at_l0"] = float(_interp_log(l0_b, dead_b, g)[0] - _interp_log(l0_a, dead_a, g)[0])
     if lo > 0 and hi >= lo:
         grid = np.exp(np.linspace(np.log(lo), np.log(hi), n_grid))
-        ratio = (_interp_log(l0_b, dead_b, grid) + 1 / n_b) / (_interp_log(l0_a, dead_a, grid) + 1 / n_a)
+        floor = 1.0 / max(n_a, n_b)
+        ratio = (_interp_log(l0_b, dead_b, grid) + floor) / (_interp_log(l0_a, dead_a, grid) + floor)
         out["dead_ratio_geomean"] = float(np.exp(np.log(ratio).mean()))
     return out

@@ -9,6 +9,8 @@ Hookpoints at layer L (PAPER.md §6), by what is actually added to the residual 
 |----------------------------------------|----------------------------|-----------------------------|-----------|
 | llama, mistral, qwen2/3, smollm3, gemma | self_attn output           | mlp output                  | input of post_attention_layernorm |
 | gemma2, gemma3_text (sandwich norms)   | post_attention_layernorm output | post_feedforward_layernorm output | input of pre_feedforward_layernorm |
+| olmo2 (post-norms only)                | post_attention_layernorm output | post_feedforward_layernorm output | input of mlp |
+| phi3 (residual dropouts: identity in eval) | self_attn output        | mlp output                  | input of post_attention_layernorm |
 | gpt_neox (Pythia), sequential          | attention output           | mlp output                  | input of post_attention_layernorm |
 | gpt_neox parallel residual             | attention output           | mlp output                  | resid_pre + attn_out (our definition) |
 | gpt2                                   | attn output                | mlp output                  | input of ln_2 |
@@ -63,7 +65,10 @@ class Family:
 
 LLAMA = Family("model.layers", "self_attn", "mlp", "post_attention_layernorm")
 FAMILIES = {
-    **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "olmo2", "phi3")},
+    **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "phi3")},
+    # OLMo2 normalises after attention and after the MLP (no pre-norms): what is added to the
+    # residual is the post-norms' output, and the MLP's input is resid_mid itself
+    "olmo2": Family("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp"),
     "gemma2": Family(
         "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm"
     ),

@@ -4,8 +4,10 @@
 
 The replacement touches positions >= 1 only (position 0, the BOS / attention sink, is what SAEs are
 not trained on, as in SAELens and sparsify), and the loss is taken over the same predictions in all
-three passes. resid_mid is replaced by adding (new - old) to what attention adds to the residual,
-so both the MLP's input and the residual stream see the replacement.
+three passes. resid_mid is replaced by adding (new - old) to what attention adds to the residual:
+in a sequential block the MLP's input and the residual stream then both see the replacement; in a
+parallel block (Pythia's gpt_neox) the MLP reads resid_pre, so only the residual stream does.
+Capture and splice sites come from the same per-family table (``models.FAMILIES``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 import zarr
 
 from sagsae_cli.errors import SagsaeError, disk_space
+from sagsae_cli.faults import fault_point
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
@@ -362,6 +363,8 @@ class StoreWriter:
         with disk_space(f"store {self.path}"):
             self.group.attrs.update({"commit": state, "norm_factor": norm})
         self.state, self._pending, self._written, self._sum_sq = state, {}, {}, None
+        if not complete:
+            fault_point("commit")
 
     def set_meta(self, **meta) -> None:
         merged = {**self.group.attrs.asdict().get("meta", {}), **meta}

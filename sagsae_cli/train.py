@@ -22,6 +22,7 @@ import torch
 
 from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.faults import fault_point
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
@@ -172,6 +173,7 @@ class Run:
         if self.history:
             frame = pd.DataFrame(self.history)
             atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))
+        fault_point("checkpoint")
 
     def finish(self, norm_factor: float) -> None:
         if self.world.main:
@@ -298,6 +300,7 @@ def train(
     device: str = "auto",
     dtype: str = "auto",
     wandb_project: str | None = None,
+    allow_incomplete: bool = False,
 ) -> list[Path]:
     """Train every config (all must share store, tokens, batch and data seed) in one pass over the
     data: each batch is read once and fed to every unfinished run. Resumes from checkpoints.
@@ -329,6 +332,12 @@ def train(
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
     store = open_store(base.store)
+    if not store.complete and not allow_incomplete:
+        raise SagsaeError(
+            f"store {base.store} is incomplete (its harvest stopped before the end, with "
+            f"{store.rows('train'):,} train rows): rerun its harvest command to finish it, or pass "
+            "--allow-incomplete to train on what is there"
+        )
     if store.rows("train") == 0:
         raise SagsaeError(f"store {base.store} has no train rows: finish `sagsae harvest` first")
     reader = ShuffledBatches(
@@ -337,7 +346,7 @@ def train(
     )  # fmt: skip
     sample = store.read("train", 0, min(store.rows("train"), 65536), normalise=True)
     extra = {"store": str(Path(base.store).resolve()), "model_name": store.meta.get("model", ""),
-             "hook_name": store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
+             "hook_name": store.meta.get("hook_name") or store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
     out = Path(out)
     runs = [Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, world, force) for c in cfgs]
     barrier(world)

@@ -66,6 +66,14 @@ def tiny_config(family: str):
                             bos_token_id=1, eos_token_id=2)  # fmt: skip
     if family == "gemma":
         return GemmaConfig(**t, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    if family in ("olmo2", "phi3", "qwen2", "qwen3", "gemma3_text", "mistral"):
+        import transformers
+
+        name = {"olmo2": "Olmo2Config", "phi3": "Phi3Config", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+                "gemma3_text": "Gemma3TextConfig", "mistral": "MistralConfig"}[family]  # fmt: skip
+        extra = {"head_dim": 8} if family in ("qwen3", "gemma3_text") else {}
+        return getattr(transformers, name)(**t, num_key_value_heads=2, max_position_embeddings=256,
+                                           bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)  # fmt: skip
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=300, n_positions=256, bos_token_id=0,
                           eos_token_id=0)  # fmt: skip

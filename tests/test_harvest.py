@@ -2,7 +2,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,9 @@ from sagsae_cli.models import load_model, parse_hook, run_to_layer
 from sagsae_cli.store import open_store
 
 FAMILIES = ["neox-parallel", "neox-sequential", "llama", "gemma2", "gpt2"]
+# every family models.FAMILIES declares, each with a tiny random model (the identities below can fail
+# for a family whose hookpoints sit in the wrong places, as OLMo2's post-norms did)
+MORE = ["olmo2", "phi3", "qwen2", "qwen3", "gemma3_text", "mistral"]
 ALL = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 
 
@@ -25,10 +27,10 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {f: make_tiny_model(f, root / f) for f in FAMILIES}
+    return {f: make_tiny_model(f, root / f) for f in FAMILIES + MORE}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + MORE)
 def test_hookpoint_identities(tiny, family):
     model, tok, _ = load_model(str(tiny[family]))
     ids = torch.randint(4, 290, (3, 17), generator=torch.Generator().manual_seed(0))
@@ -85,23 +87,17 @@ def _harvest_args(model, corpus, out):
 def test_sigkill_then_resume_equals_uninterrupted(tiny, corpus, tmp_path):
     run_cli(*_harvest_args(tiny["neox-parallel"], corpus, tmp_path / "ref"), check=0)
     out = tmp_path / "killed"
-    env = {**os.environ, "SAGSAE_COMMIT_SECONDS": "0.3"}  # several batches per commit
-    p = subprocess.Popen(
+    # commit after every batch and die right after the 121st store commit (an odd one: resid_mid has
+    # committed that round, attn_out has not), so the kill lands mid-harvest on any machine
+    env = {**os.environ, "SAGSAE_COMMIT_SECONDS": "0", "SAGSAE_FAULT": "commit:121"}
+    p = subprocess.run(
         [sys.executable, "-m", "sagsae_cli", *map(str, _harvest_args(tiny["neox-parallel"], corpus, out))],
-        env=env,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if open_store(out / "resid_mid").rows("train") > 3000:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == -signal.SIGKILL
     partial = open_store(out / "resid_mid")
-    assert not partial.complete and partial.rows("train") < 20_000
+    assert not partial.complete and 0 < partial.rows("train") < 20_000
+    assert open_store(out / "attn_out").rows("train") < partial.rows("train")  # killed between the two
     run_cli(*_harvest_args(tiny["neox-parallel"], corpus, out), check=0)
     for hook in ("resid_mid", "attn_out"):
         a, b = open_store(tmp_path / "ref" / hook), open_store(out / hook)

@@ -81,6 +81,9 @@ def test_dead_reduction():
     l0 = [16, 64, 256]
     out = dead_reduction(l0, [0.0, 0.0, 0.0], 100, l0, [0.5, 0.4, 0.3], 200, matched_l0=64)
     assert out["dead_cut_at_l0"] == pytest.approx(0.4)
-    # ratio at the ends: (0.5 + 0.005) / 0.01 and (0.3 + 0.005) / 0.01; geomean lies between
-    assert 30.5 < out["dead_ratio_geomean"] < 50.5
+    # one floor 1/max(100, 200) = 0.005 on both sides: (0.5 + 0.005) / 0.005 = 101 and
+    # (0.3 + 0.005) / 0.005 = 61 at the ends; the geomean lies between
+    assert 61 < out["dead_ratio_geomean"] < 101
+    # neither side has a dead latent: 1x, although B is twice as wide (the old floors said 0.5x)
+    assert dead_reduction(l0, [0.0] * 3, 100, l0, [0.0] * 3, 200)["dead_ratio_geomean"] == pytest.approx(1.0)
     assert math.isnan(dead_reduction(l0, [0] * 3, 10, l0, [0] * 3, 10, matched_l0=1000)["dead_cut_at_l0"])

@@ -2,7 +2,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -72,14 +71,15 @@ def _train_args(store, out, **over):
 def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
     run_cli(*_train_args(synth, tmp_path / "ref"), check=0)
     out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "sagsae_cli", *_train_args(synth, out)])
+    # die right after the 3rd checkpoint write: sa-gsae has saved step 80, gated only step 40
+    env = {**os.environ, "SAGSAE_FAULT": "checkpoint:3"}
+    p = subprocess.run([sys.executable, "-m", "sagsae_cli", *_train_args(synth, out)], env=env, timeout=300)
+    assert p.returncode == -signal.SIGKILL
     ckpt = out / "sa-gsae-w32-l1_0.3-s0" / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    assert torch.load(ckpt, weights_only=False)["step"] == 80
+    assert (
+        torch.load(out / "gated-w32-l1_0.3-s0" / "checkpoints" / "last.pt", weights_only=False)["step"] == 40
+    )
     assert ckpt.exists() and not (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").exists()
     run_cli(*_train_args(synth, out), check=0)
     for run in ("sa-gsae-w32-l1_0.3-s0", "gated-w32-l1_0.3-s0"):
@@ -101,13 +101,9 @@ def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
 
 
 def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
+    env = {**os.environ, "SAGSAE_FAULT": "checkpoint:2:term"}  # SIGTERM to itself after a checkpoint
     p = subprocess.Popen([sys.executable, "-m", "sagsae_cli", *_train_args(synth, tmp_path, **{"--tokens": "5M"})],
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
-    hist = tmp_path / "gated-w32-l1_0.3-s0" / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not hist.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
+                         stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "rerun the same command to resume" in err
 
