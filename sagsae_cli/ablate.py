@@ -34,5 +34,5 @@ def ablate(base: TrainConfig, seeds: list[int], out: str, results: str, eval_tok
         table[f"delta_{col}"] = table[col] - ref[col]
     path = Path(results) / "ablation" / f"{Path(base.store).name}-w{base.width}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: table.to_parquet(p, index=False))
+    atomic_write(path, lambda p: table.to_parquet(p, index=False), flag="--results")
     return table

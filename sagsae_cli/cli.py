@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Optional
@@ -68,8 +69,10 @@ def harvest(
         "auto", help="Model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    tokens: int = typer.Option(1_000_000, help="Train-split tokens."),
-    eval_tokens: int = typer.Option(100_000, help="Eval-split tokens (from documents train never sees)."),
+    tokens: str = typer.Option("1M", help="Train-split tokens (1M, 200k, 1e6 ...)."),
+    eval_tokens: str = typer.Option(
+        "100k", help="Eval-split tokens (from documents train never sees; 0 = none)."
+    ),
     dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
     source: str = typer.Option("lm", help="lm (a language model) or synthetic (PAPER.md §7 ground truth)."),
     protocol: str = typer.Option(
@@ -89,6 +92,12 @@ def harvest(
 
     Resumable: rerun the same command after an interruption and it continues from the last commit.
     """
+    tokens, eval_tokens = _tokens(tokens), _tokens(eval_tokens, "--eval-tokens", lo=0)
+    _check(
+        max_norm_ratio == 0 or max_norm_ratio >= 1,
+        f"--max-norm-ratio must be 0 (keep all) or >= 1 (got {max_norm_ratio:g})",
+    )
+    _check(context >= 2 and batch_size >= 1, "--context must be >= 2 and --batch-size >= 1")
     if source == "synthetic":
         from sagsae_cli.synthetic import PROTOCOLS, SyntheticConfig, write_synthetic_store
 
@@ -135,21 +144,42 @@ def _print_summary(path: str) -> None:
     )
 
 
-def _floats(text: str, flag: str) -> list[float]:
+def _floats(text: str, flag: str, lo: float | None = None) -> list[float]:
+    """Comma-separated finite numbers, each >= ``lo`` when given."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SagsaeError(f"{flag} takes comma-separated numbers (got {text!r})") from None
+    bound = "finite" if lo is None else f">= {lo:g}"
+    for v in values:
+        _check(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
+    return values
 
 
-def _tokens(text: str) -> int:
-    """50M, 2.5k, 1e6 or 4096."""
+def _ints(text: str, flag: str, lo: int = 0) -> list[int]:
+    """Comma-separated whole numbers >= ``lo`` (seeds, k)."""
+    values = _floats(text, flag, lo)
+    _check(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
+    return [int(v) for v in values]
+
+
+def _tokens(text: str | int, flag: str = "--tokens", lo: int = 1) -> int:
+    """A token count: 50M, 2.5k, 1e6 or 4096 (at least ``lo``)."""
     mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
-    t = text.strip().lower()
+    t = str(text).strip().lower()
     try:
-        return int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(float(t))
+        value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
     except ValueError:
-        raise SagsaeError(f"--tokens takes a count such as 50M, 200k or 1e6 (got {text!r})") from None
+        raise SagsaeError(f"{flag} takes a count such as 50M, 200k or 1e6 (got {text!r})") from None
+    _check(
+        math.isfinite(value) and lo <= value < 1e15, f"{flag} must lie between {lo:,} and 1e15 (got {text!r})"
+    )
+    return int(value)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SagsaeError(message)
 
 
 @app.command()
@@ -179,6 +209,18 @@ def train(
     threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
     warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
+    init_l0: float = typer.Option(
+        0.0,
+        help="Data-driven start: thresholds open at about this L0 on the first batch (0 = theta_0 for all).",
+    ),
+    l1_warmup: float = typer.Option(0.05, help="Fraction of the run over which lambda ramps up linearly."),
+    lr_decay: float = typer.Option(
+        0.2, help="Final fraction of the run over which the lr decays linearly to 0."
+    ),
+    adam_beta1: float = typer.Option(0.0, help="Adam beta1 (the paper's 0: no momentum)."),
+    snapshots: int = typer.Option(
+        8, help="SAE-only snapshots at evenly spaced steps, for `sagsae eval --checkpoints` (0 = none)."
+    ),
     dead_window: str = typer.Option(
         "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10% of the run))."
     ),
@@ -209,24 +251,45 @@ def train(
     from sagsae_cli.train import train as run_training
 
     d = open_store(store).d
+    _check(expansion is None or (math.isfinite(expansion) and expansion > 0), "--expansion must be positive")
     if width is None:
         width = int(round((expansion or 8) * d))
-    seed_list = [int(s) for s in _floats(seeds, "--seeds")]
+    seed_list = _ints(seeds, "--seeds")
+    _check(bool(seed_list), "--seeds needs at least one seed")
+    for flag, value in (
+        ("--checkpoint-every", checkpoint_every),
+        ("--log-every", log_every),
+        ("--batch", batch),
+    ):
+        _check(value >= 1, f"{flag} must be >= 1 (got {value})")
+    _check(data_shards >= 0, f"--data-shards must be >= 0 (got {data_shards})")
+    _check(snapshots >= 0 and warmup_steps >= 0, "--snapshots and --warmup-steps must be >= 0")
+    for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
+        _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
+    _check(math.isfinite(lr) and lr > 0, f"--lr must be positive (got {lr:g})")
+    _check(
+        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
+        "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
+    )
+    run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     cfgs = []
     for v in [v.strip() for v in variant.split(",") if v.strip()]:
         is_topk = resolve(v) == "topk"
-        targets = [] if is_topk else [t for t in _floats(target_l0, "--target-l0") if t > 0]
+        targets = [] if is_topk else [t for t in _floats(target_l0, "--target-l0", lo=0) if t > 0]
         coefs = (
-            _floats(k, "--k") if is_topk else (_floats(l1, "--l1")[:1] if targets else _floats(l1, "--l1"))
+            _ints(k, "--k", lo=1)
+            if is_topk
+            else (_floats(l1, "--l1", lo=0)[:1] if targets else _floats(l1, "--l1", lo=0))
         )
         for coef, target in [(c, t) for c in coefs for t in (targets or [0.0])]:
             for seed in seed_list:
                 cfgs.append(
                     TrainConfig(
                         variant=v, width=width, l1=0.0 if is_topk else coef, k=int(coef) if is_topk else 0,
-                        target_l0=target, seed=seed, data_seed=data_seed, data_shards=data_shards, tokens=_tokens(tokens), batch=batch, lr=lr,
+                        target_l0=target, seed=seed, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
                         threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0,
-                        dead_window=_tokens(dead_window), checkpoint_every=checkpoint_every,
+                        init_l0=init_l0, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
+                        dead_window=dead_tokens, checkpoint_every=checkpoint_every,
                         log_every=log_every, store=store,
                     )
                 )  # fmt: skip
@@ -242,10 +305,14 @@ def train(
 def eval_cmd(
     runs: list[str] = typer.Argument(..., help="Run directories (shell globs welcome: runs/*)."),
     results: str = typer.Option("results", help="Results directory (Parquet tables)."),
-    eval_tokens: int = typer.Option(100_000, help="Held-out tokens per run (the same for every run)."),
+    eval_tokens: str = typer.Option("100k", help="Held-out tokens per run (the same for every run)."),
     bipolar_threshold: float = typer.Option(0.1, help="Minority share at which a latent counts as bipolar."),
     lr_windows: int = typer.Option(16, help="Held-out windows for loss recovered on LM stores (0 = skip)."),
     model: Optional[str] = typer.Option(None, help="Model for loss recovered (default: the store's)."),
+    checkpoints: bool = typer.Option(
+        False,
+        help="Also evaluate every snapshot a run kept (unfinished runs too) into <results>/checkpoints.",
+    ),
     force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -253,8 +320,17 @@ def eval_cmd(
     latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
     from sagsae_cli.evaluate import evaluate
 
+    eval_tokens = _tokens(eval_tokens, "--eval-tokens")
+    _check(
+        0 <= bipolar_threshold <= 0.5,
+        f"--bipolar-threshold is a minority share in [0, 0.5] (got {bipolar_threshold:g})",
+    )
+    _check(lr_windows >= 0, f"--lr-windows must be >= 0 (got {lr_windows})")
     frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
-                     lr_windows=lr_windows, model=model, quiet=quiet)  # fmt: skip
+                     lr_windows=lr_windows, model=model, quiet=quiet, checkpoints=checkpoints)  # fmt: skip
+    if frame.empty:
+        console.print(f"no run has finished yet: snapshots evaluated into {results}/checkpoints/")
+        return
     cols = ["run", "params", "r2", "l0", "dead_frac", "bipolar_frac", "loss_recovered", "axis_recovery",
             "latents_per_axis"]  # fmt: skip
     cols = [c for c in cols if c in frame]
@@ -279,7 +355,7 @@ def ablate(
     lr: float = typer.Option(3e-4, help="Base learning rate."),
     out: str = typer.Option("runs", help="Directory of run directories."),
     results: str = typer.Option("results", help="Results directory."),
-    eval_tokens: int = typer.Option(100_000, help="Held-out tokens per run."),
+    eval_tokens: str = typer.Option("100k", help="Held-out tokens per run."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", help="auto, fp32 or bf16."),
     force: bool = typer.Option(False, help="Retrain and re-evaluate."),
@@ -290,9 +366,12 @@ def ablate(
     from sagsae_cli.ablate import ablate as run_ablate
     from sagsae_cli.train import TrainConfig
 
+    _check(width >= 1 and batch >= 1 and lr > 0, "--width, --batch and --lr must be positive")
+    _check(l1 >= 0 and target_l0 >= 0, "--l1 and --target-l0 must be >= 0")
+    eval_tokens = _tokens(eval_tokens, "--eval-tokens")
     base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=_tokens(tokens), batch=batch, lr=lr,
                        store=store)  # fmt: skip
-    seed_list = [int(x) for x in _floats(seeds, "--seeds")]
+    seed_list = _ints(seeds, "--seeds")
     table = run_ablate(
         base, seed_list, out, results, eval_tokens, force=force, quiet=quiet, device=device, dtype=dtype
     )
@@ -321,6 +400,10 @@ def compare(
     import pandas as pd
 
     from sagsae_cli.compare import compare as run_compare
+
+    _check(
+        math.isfinite(matched_l0) and matched_l0 > 0, f"--matched-l0 must be positive (got {matched_l0:g})"
+    )
     from sagsae_cli.compare import write_compare
     from sagsae_cli.evaluate import read_table
 
@@ -346,6 +429,37 @@ def compare(
             + ": choose an L0 inside it for the dead cut"
         )
     console.print(f"saved {path}")
+    _print_convergence(results, matched_l0, a, b)
+
+
+def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
+    """Tokens to converge per run and the gap per snapshot, when `eval --checkpoints` has run."""
+    from pathlib import Path
+
+    from sagsae_cli.compare import convergence, gap_by_tokens, write_compare
+    from sagsae_cli.evaluate import read_table
+
+    if not any((Path(results) / "checkpoints").glob("*.parquet")):
+        return
+    snaps, last = read_table(results, "checkpoints"), read_table(results)
+    conv = convergence(snaps, last)
+    write_compare(conv, results, "convergence")
+    table = Table(title="convergence: tokens until held-out R² stays within 0.005 and L0 within 10% of final")
+    for h in ("cell", "variant", "width", "runs", "median", "slowest", "of", "finished"):
+        table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
+    for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
+        table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), f"{g.tokens_to_converge.median():,.0f}",
+                      f"{g.tokens_to_converge.max():,.0f}", f"{g.tokens_final.max():,}",
+                      f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
+    console.print(table)
+    try:
+        gaps = gap_by_tokens(snaps, last, matched_l0=matched_l0, a=a, b=b)
+    except SagsaeError:
+        return
+    write_compare(gaps, results, "gap_by_tokens")
+    for (model, hook), g in gaps.groupby(["model", "hook"]):
+        trail = ", ".join(f"{t:,}: {w:+.3f}" for t, w in zip(g.tokens, g.worst_gap))
+        console.print(f"worst gap by tokens, {model} {hook}: {trail}")
 
 
 @app.command()
@@ -394,12 +508,48 @@ def store_info(path: str = typer.Argument(..., help="Store directory.")) -> None
 def main() -> None:
     try:
         with disk_space():  # a full disk outside the store and atomic_write, which name their file
-            app()  # standalone: click prints usage errors itself and exits 2
+            rc = typer.main.get_command(app).main(prog_name="sagsae", standalone_mode=False)
     except PeerError:
         sys.exit(2)  # rank 0 printed the error
     except SagsaeError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
-        console.print("interrupted: rerun the same command to resume")
-        sys.exit(130)
+        _interrupted()
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        where = e.filename or "an output"
+        _fail(f"cannot write {where} ({e.strerror or type(e).__name__}): choose another --out / --results, "
+              "or fix its permissions")  # fmt: skip
+    except Exception as e:  # the command-line parser's own exceptions (typer vendors click)
+        _parser_error(e)
+        raise
+    if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 before we see it
+        _interrupted()
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _parser_error(e: Exception) -> None:
+    """Usage errors as one line (exit 2), Ctrl-C as a resume hint (exit 130), explicit exits as is."""
+    kinds = {c.__name__ for c in type(e).__mro__}
+    ctx = getattr(e, "ctx", None)
+    if "NoArgsIsHelpError" in kinds and ctx is not None:
+        typer.echo(ctx.get_help())
+        sys.exit(2)
+    if "UsageError" in kinds:
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else " (see `sagsae --help`)"
+        _fail(e.format_message().replace("\n", " ") + hint)
+    if "ClickException" in kinds:
+        _fail(e.format_message())
+    if "Abort" in kinds:
+        _interrupted()
+    if "Exit" in kinds:
+        sys.exit(getattr(e, "exit_code", 0))
+
+
+def _interrupted() -> None:
+    console.print("interrupted: rerun the same command to resume (what was committed is kept)")
+    sys.exit(130)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.metrics import dead_reduction, pareto_verdict
+from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_to_converge
 from sagsae_cli.sae.base import atomic_write
 
 POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
@@ -53,9 +53,55 @@ def compare(
     return pd.DataFrame(rows)
 
 
-def write_compare(frame: pd.DataFrame, results: str | Path) -> Path:
+RUN_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k", "seed"]
+
+
+def _history(checkpoints: pd.DataFrame, final: pd.DataFrame | None) -> pd.DataFrame:
+    """Snapshot rows and final rows of the same runs, one table (final rows win on equal tokens)."""
+    parts = [checkpoints.assign(final=False)] + ([final.assign(final=True)] if final is not None else [])
+    rows = pd.concat(parts, ignore_index=True)
+    if "target_l0" not in rows:
+        rows = rows.assign(target_l0=0.0)
+    rows = rows.sort_values("final").drop_duplicates(["run_dir", "tokens"], keep="last")
+    return rows[rows.run_dir.isin(checkpoints.run_dir)].sort_values(["run_dir", "tokens"])
+
+
+def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2_tol: float = 0.005,
+                l0_tol: float = 0.1) -> pd.DataFrame:  # fmt: skip
+    """Per run: tokens to converge (held-out R² within ``r2_tol`` of its final value and L0 within
+    ``l0_tol`` of its final one from then on; ``metrics.tokens_to_converge``), with the final point.
+    ``finished`` is False when the run's last point is a snapshot (training still under way)."""
+    rows = []
+    for run_dir, g in _history(checkpoints, final).groupby("run_dir"):
+        last = g.iloc[-1]
+        ttc = tokens_to_converge(g.tokens.to_numpy(), g.r2.to_numpy(), g.l0.to_numpy(), r2_tol, l0_tol)
+        rows.append({**{k: last[k] for k in RUN_KEYS}, "run": last["run"], "run_dir": run_dir,
+                     "finished": bool(last["final"]), "points": len(g), "tokens_final": int(last.tokens),
+                     "r2_final": float(last.r2), "l0_final": float(last.l0), "tokens_to_converge": ttc,
+                     "converged_at_frac": ttc / float(last.tokens)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, matched_l0: float = 64.0,
+                  a: str = "sa-gsae", b: str = "gated") -> pd.DataFrame:  # fmt: skip
+    """The comparison of ``compare`` at every token count where both sides have a snapshot (runs of one
+    cell trained with the same --tokens, --batch and --snapshots share them)."""
+    frames = []
+    for tokens, at in _history(checkpoints, final).groupby("tokens"):
+        try:
+            frames.append(compare(at, matched_l0=matched_l0, a=a, b=b).assign(tokens=int(tokens)))
+        except SagsaeError:
+            continue  # one side has no snapshot at this token count
+    if not frames:
+        raise SagsaeError(
+            f"no token count has snapshots of both {a} at H and {b} at 2H: train both with --snapshots"
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_compare(frame: pd.DataFrame, results: str | Path, name: str = "compare") -> Path:
     out = Path(results) / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "compare.parquet"
-    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+    path = out / f"{name}.parquet"
+    atomic_write(path, lambda p: frame.to_parquet(p, index=False), flag="--results")
     return path

@@ -32,6 +32,11 @@ def shakespeare_files() -> list[Path]:
 def _read_file(path: Path, text_column: str) -> Iterator[str]:
     try:
         if path.suffix == ".txt":
+            with path.open("rb") as fh:
+                if b"\0" in fh.read(8192):
+                    raise SagsaeError(
+                        f"{path} is not a text file (it holds NUL bytes): give --dataset text files"
+                    )
             yield path.read_text(encoding="utf-8", errors="replace")
         elif path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as fh:

@@ -25,9 +25,9 @@ def _disk_full_reason(e: BaseException) -> str | None:
 
 
 @contextmanager
-def disk_space(what: str | None = None):
+def disk_space(what: str | None = None, flag: str = "--out"):
     """A full disk (or quota, or file-size limit) while writing ``what`` (default: the file the
-    error names) becomes a SagsaeError."""
+    error names) becomes a SagsaeError that suggests ``flag``."""
     try:
         yield
     except SagsaeError:
@@ -38,6 +38,6 @@ def disk_space(what: str | None = None):
             raise
         target = what or getattr(e, "filename", None) or "the output"
         raise SagsaeError(
-            f"no space left to write {target} ({reason}): free some space or choose another --out, "
+            f"no space left to write {target} ({reason}): free some space or choose another {flag}, "
             "then rerun the same command (what was committed before is kept)"
         ) from None

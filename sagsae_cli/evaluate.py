@@ -15,25 +15,34 @@ import pandas as pd
 import torch
 
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.faults import fault_point
+from sagsae_cli.files import train_cfg as read_train_cfg
 from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, latents_per_axis
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
 from sagsae_cli.sae.base import atomic_write
 from sagsae_cli.store import open_store
+from sagsae_cli.train import snapshot_dirs, snapshot_tokens
 
 
-def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None):
-    """(summary row, per-latent census table) of one run on its store's eval split."""
-    train_cfg = json.loads((run_dir / "train_cfg.json").read_text())
+def evaluate_run(
+    run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None,
+    weights: Path | None = None,
+):  # fmt: skip
+    """(summary row, per-latent census table) of one run on its store's eval split; ``weights``: a
+    snapshot directory of the run to evaluate instead of its final SAE."""
+    train_cfg = read_train_cfg(run_dir)
     store = run_store(run_dir)
     store_path = store.path
-    sae, _ = load_sae(run_dir)
+    sae, _ = load_sae(weights or run_dir)
+    steps = -(-int(train_cfg["tokens"]) // int(train_cfg["batch"]))
     if store.d != sae.cfg.d_in:
         raise SagsaeError(f"{run_dir} has d_in={sae.cfg.d_in} but its store {store_path} has d={store.d}")
     n = min(eval_tokens, store.rows("eval"))
     if n == 0:
-        raise SagsaeError(f"store {store_path} has no eval rows: harvest with --eval-tokens > 0")
+        raise SagsaeError(f"store {store_path} has no eval rows: harvest it again with --eval-tokens > 0")
+    store.check_chunks()
     r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
     census = Census(sae.cfg.d_sae)
     with torch.no_grad():
@@ -61,6 +70,8 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_thr
         "model": store.meta.get("model", ""),
         "hook": store.meta.get("hook", ""),
         "eval_tokens": n,
+        "tokens": snapshot_tokens(weights) if weights else steps * int(train_cfg["batch"]),
+        "final": weights is None,
         "r2": r2.value(),
         "mse": sse / n,
         "l0": active / n,
@@ -76,7 +87,7 @@ def evaluate_run(run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_thr
         row["axis_recovery"] = axis_recovery(sae.W_dec.detach(), axes, live)
         row["latents_per_axis"] = latents_per_axis(sae.W_dec.detach(), axes, live)
     if lm is not None:
-        row.update(_loss_recovered(run_dir, store, *lm))
+        row.update(_loss_recovered(weights or run_dir, store, *lm))
     census_table.insert(0, "run", run_dir.name)
     census_table.insert(1, "hook", row["hook"])
     return row, census_table
@@ -98,39 +109,56 @@ def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) ->
 def evaluate(
     run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False,
     bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None, quiet: bool = False,
+    checkpoints: bool = False,
 ):  # fmt: skip
-    """Evaluate every finished run; returns the rows (new and skipped) as a DataFrame."""
+    """Evaluate every finished run into ``<results>/eval``; with ``checkpoints`` also every snapshot
+    a run kept (unfinished runs included) into ``<results>/checkpoints`` (the same columns, one row
+    per snapshot, ``tokens`` says when). Returns the final rows (new and cached) as a DataFrame."""
     dirs = [Path(d) for d in run_dirs if (Path(d) / "train_cfg.json").exists()]
     if not dirs:
         raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
-    out, census_dir = Path(results) / "eval", Path(results) / "census"
-    out.mkdir(parents=True, exist_ok=True)
-    census_dir.mkdir(parents=True, exist_ok=True)
+    items = []  # (run dir, snapshot dir or None for the final SAE)
     for d in dirs:
-        if not (d / "sae_weights.safetensors").exists():
+        finished = (d / "sae_weights.safetensors").exists()
+        if not finished and not (checkpoints and snapshot_dirs(d)):
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
+        items += [(d, snap) for snap in (snapshot_dirs(d) if checkpoints else [])]
+        items += [(d, None)] if finished else []
+    if Path(results).exists() and not Path(results).is_dir():
+        raise SagsaeError(f"--results {results} is a file, not a directory: choose another --results")
+    tables = {name: Path(results) / name for name in ("eval", "census", "checkpoints")}
     rows, lms = [], {}
-    with progress_bar("eval", total=len(dirs), unit="run", quiet=quiet) as bar:
-        for d in dirs:
-            bar.note(f"{d.parent.name}/{d.name}")
-            part = out / part_name(d)
-            key = cache_key(d, eval_tokens=min(eval_tokens, _eval_rows(d)), bipolar_threshold=bipolar_threshold,
-                            lr_windows=lr_windows, model=model)  # fmt: skip
-            if part.exists() and not force:
-                old = _read_part(part)
-                if old is not None and "cache_key" in old and old["cache_key"].iloc[0] == key:
-                    rows.append(old.iloc[0].to_dict())
-                    bar.advance(1)
-                    continue
-            row, census = evaluate_run(d, eval_tokens, bipolar_threshold=bipolar_threshold,
-                                       lm=_lm_for(d, lr_windows, model, lms))  # fmt: skip
-            row["cache_key"] = key
-            atomic_write(census_dir / part.name, lambda p, c=census: c.to_parquet(p, index=False))
-            frame = pd.DataFrame([row])
-            atomic_write(part, lambda p, frame=frame: frame.to_parquet(p, index=False))
-            rows.append(row)
+    with progress_bar("eval", total=len(items), unit="SAE", quiet=quiet) as bar:
+        for d, snap in items:
+            bar.note(f"{d.parent.name}/{d.name}" + (f" @ {snapshot_tokens(snap):,} tokens" if snap else ""))
+            part = tables["checkpoints" if snap else "eval"] / part_name(d, snap)
+            weights = snap or d
+            key = cache_key(weights, eval_tokens=min(eval_tokens, _eval_rows(d)),
+                            bipolar_threshold=bipolar_threshold, lr_windows=0 if snap else lr_windows,
+                            model=None if snap else model)  # fmt: skip
+            old = None if force or not part.exists() else _read_part(part)
+            if old is not None and "cache_key" in old and old["cache_key"].iloc[0] == key:
+                row = old.iloc[0].to_dict()
+            else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
+                lm = None if snap else _lm_for(d, lr_windows, model, lms)
+                row, census = evaluate_run(
+                    d, eval_tokens, bipolar_threshold=bipolar_threshold, lm=lm, weights=snap
+                )
+                row["cache_key"] = key
+                if not snap:
+                    write_parquet(census, tables["census"] / part.name)
+                write_parquet(pd.DataFrame([row]), part)
+                fault_point("eval")
+            if not snap:
+                rows.append(row)
             bar.advance(1)
     return pd.DataFrame(rows)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table file atomically, creating its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: frame.to_parquet(p, index=False), flag="--results")
 
 
 def cache_key(run_dir: Path, **settings) -> str:
@@ -151,16 +179,17 @@ def _read_part(path: Path):
         return None
 
 
-def part_name(run_dir: Path) -> str:
-    """Part file of a run: its name plus a hash of its full path, so runs with the same id in different
-    directories (one per hookpoint, say) never overwrite each other."""
+def part_name(run_dir: Path, snapshot: Path | None = None) -> str:
+    """Part file of a run (or of one of its snapshots): its name plus a hash of its full path, so runs
+    with the same id in different directories (one per hookpoint, say) never overwrite each other."""
     digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
-    return f"{run_dir.name}-{digest}.parquet"
+    tail = f"-t{snapshot_tokens(snapshot):013d}" if snapshot else ""
+    return f"{run_dir.name}-{digest}{tail}.parquet"
 
 
 def run_store(run_dir: Path):
     """The store a run was trained on (recorded in train_cfg.json)."""
-    cfg = json.loads((run_dir / "train_cfg.json").read_text())
+    cfg = read_train_cfg(run_dir)
     path = Path(cfg.get("extra", {}).get("store") or cfg["store"])
     if not path.exists():
         raise SagsaeError(
@@ -176,8 +205,19 @@ def _eval_rows(run_dir: Path) -> int:
 def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
     parts = sorted((Path(results) / table).glob("*.parquet"))
     if not parts:
-        raise SagsaeError(f"table {table!r} in {results} is empty: run `sagsae {table}` first")
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        maker = {"ablation": "ablate", "census": "eval", "checkpoints": "eval --checkpoints"}.get(
+            table, table
+        )
+        raise SagsaeError(f"table {table!r} in {results} is empty: run `sagsae {maker}` first")
+    frames = []
+    for p in parts:
+        try:
+            frames.append(pd.read_parquet(p))
+        except Exception as e:
+            raise SagsaeError(
+                f"{p} is unreadable ({type(e).__name__}): delete it and rerun `sagsae eval`"
+            ) from None
+    return pd.concat(frames, ignore_index=True)
 
 
 def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):

@@ -1,6 +1,7 @@
 """Deterministic fault points for tests: ``SAGSAE_FAULT=<event>:<n>[:<signal>]`` makes the process
 send itself ``signal`` (default KILL) right after the n-th ``<event>`` (``commit``: a store commit that
-is not the final one; ``checkpoint``: a training checkpoint). Kill-and-resume tests use it instead of
+is not the final one; ``create``: a new store's root written, its arrays not yet; ``checkpoint``: a
+training checkpoint; ``eval``: one evaluated SAE's row written). Kill-and-resume tests use it instead of
 racing a timer against the machine's speed. Unset, it costs one dict lookup per event.
 """
 

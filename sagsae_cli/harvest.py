@@ -165,6 +165,12 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
         if failure:
             raise failure  # the stream ended with that round: the other ranks have already left
         for w in writers.values():
+            if targets["train"] and w.rows("train") == 0:
+                w.commit()
+                raise SagsaeError(
+                    f"{cfg.dataset} gave no train tokens for {w.path} (every document went to the eval "
+                    "split, or every token was filtered): give a larger text dataset or lower --eval-tokens"
+                )
             short = [s for s in ("eval", "train") if w.rows(s) < targets[s]]
             if short:
                 w.set_meta(

@@ -126,6 +126,23 @@ def census_summary(table, threshold: float = 0.1) -> dict:
     }
 
 
+# --- convergence --------------------------------------------------------------------------------
+def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.1) -> float:
+    """Tokens after which a run stays converged: the first checkpoint from which every later one
+    (the final one included) has held-out R² within ``r2_tol`` of the final R² and L0 within
+    ``l0_tol`` (relative) of the final L0. Points are (tokens, R², L0) in any order; the last in tokens
+    is the final one. NaN for an empty history."""
+    import numpy as np
+
+    if len(tokens) == 0:
+        return float("nan")
+    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
+    t, r, z = (np.asarray(v, dtype=float)[order] for v in (tokens, r2, l0))
+    ok = (np.abs(r - r[-1]) <= r2_tol) & (np.abs(z - z[-1]) <= l0_tol * abs(z[-1]))
+    bad = np.flatnonzero(~ok)
+    return float(t[bad[-1] + 1] if len(bad) else t[0])
+
+
 # --- comparisons between frontiers (PAPER.md §6) ----------------------------------------------
 def _interp_log(l0s, values, grid):
     import numpy as np

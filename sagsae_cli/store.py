@@ -117,7 +117,29 @@ class ActivationStore:
 
     def array(self, split: str, name: str = "acts"):
         _check_split(split)
-        return self.group[f"{split}/{name}"]
+        try:
+            return self.group[f"{split}/{name}"]
+        except Exception as e:  # a missing or garbled array zarr.json
+            raise SagsaeError(
+                f"{self.path} is damaged: its array {split}/{name} cannot be opened ({type(e).__name__}): "
+                "harvest it again with --force"
+            ) from None
+
+    def check_chunks(self) -> None:
+        """Refuse a store whose committed rows lack a chunk file (zarr would read it as zeros)."""
+        for split in SPLITS:
+            n = self.rows(split)
+            if n == 0:
+                continue
+            arr = self.array(split)
+            need = -(-n // int(arr.chunks[0]))
+            root = self.path / split / "acts" / "c"
+            missing = [i for i in range(need) if not (root / str(i) / "0").exists()]
+            if missing:
+                raise SagsaeError(
+                    f"{self.path} is damaged: {len(missing)} chunk file(s) of {split}/acts are missing "
+                    f"(first: chunk {missing[0]}): harvest it again with --force"
+                )
 
     @property
     def chunk_rows(self) -> int:
@@ -254,30 +276,34 @@ class StoreWriter:
     def _create(self, config: dict, meta: dict, chunk_rows: int | None) -> None:
         disk_dtype = DTYPES[self.dtype][0]
         rows = chunk_rows or default_chunk_rows(self.d, np.dtype(disk_dtype).itemsize)
-        g = zarr.open_group(str(self.path), mode="a")  # "w" would delete our .lock
-        for split in SPLITS:
-            g.create_array(
-                f"{split}/acts", shape=(0, self.d), chunks=(rows, self.d), dtype=disk_dtype,
-                compressors=None, fill_value=0,
-            )  # fmt: skip
-            for name, dt in INDEX_ARRAYS.items():
-                g.create_array(
-                    f"{split}/{name}", shape=(0,), chunks=(rows,), dtype=dt, compressors=None, fill_value=0
-                )
-        self.group = g
         self.state = {"rows": {s: 0 for s in SPLITS}, "sum_sq": 0.0, "cursor": {}, "complete": False}
-        g.attrs.update(
-            {
-                "sagsae_store": FORMAT_VERSION,
-                "d": self.d,
-                "dtype": self.dtype,
-                "config": json.loads(json.dumps(config, default=str)),
-                "config_hash": self.hash,
-                "meta": meta,
-                "commit": self.state,
-                "norm_factor": 1.0,
-            }
-        )
+        attrs = {
+            "sagsae_store": FORMAT_VERSION,
+            "d": self.d,
+            "dtype": self.dtype,
+            "chunk_rows": rows,
+            "config": json.loads(json.dumps(config, default=str)),
+            "config_hash": self.hash,
+            "meta": meta,
+            "commit": self.state,
+            "norm_factor": 1.0,
+        }
+        # the root zarr.json is written once, with every attribute (a process killed at any instant
+        # leaves either no store or one that resumes); the arrays follow and _resume makes any missing
+        self.group = zarr.create_group(str(self.path), attributes=attrs)
+        fault_point("create")
+        self._ensure_arrays(rows)
+
+    def _ensure_arrays(self, rows: int) -> None:
+        disk_dtype = DTYPES[self.dtype][0]
+        g = self.group
+        for split in SPLITS:
+            specs = {"acts": ((0, self.d), (rows, self.d), disk_dtype)}
+            specs |= {name: ((0,), (rows,), dt) for name, dt in INDEX_ARRAYS.items()}
+            for name, (shape, chunks, dt) in specs.items():
+                if f"{split}/{name}" not in g:
+                    g.create_array(f"{split}/{name}", shape=shape, chunks=chunks, dtype=dt, compressors=None,
+                                   fill_value=0)  # fmt: skip
 
     def _resume(self, force: bool) -> None:
         store = ActivationStore(self.path, mode="a")
@@ -292,6 +318,8 @@ class StoreWriter:
                 "choose another --out or pass --force"
             )
         self.group, self.state = store.group, store.commit_state
+        if "chunk_rows" in store.attrs:  # killed between the root zarr.json and the arrays
+            self._ensure_arrays(int(store.attrs["chunk_rows"]))
         for split in SPLITS:  # drop rows written after the last commit
             n = self.state["rows"][split]
             for name in ("acts", *INDEX_ARRAYS):
@@ -360,15 +388,17 @@ class StoreWriter:
             "complete": complete,
         }
         norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
-        with disk_space(f"store {self.path}"):
-            self.group.attrs.update({"commit": state, "norm_factor": norm})
+        with disk_space(f"store {self.path}"):  # one write of zarr.json (attrs.update writes once per key)
+            self.group.attrs.put({**self.group.attrs.asdict(), "commit": state, "norm_factor": norm})
         self.state, self._pending, self._written, self._sum_sq = state, {}, {}, None
         if not complete:
             fault_point("commit")
 
     def set_meta(self, **meta) -> None:
         merged = {**self.group.attrs.asdict().get("meta", {}), **meta}
-        self.group.attrs.update({"meta": json.loads(json.dumps(merged, default=str))})
+        self.group.attrs.put(
+            {**self.group.attrs.asdict(), "meta": json.loads(json.dumps(merged, default=str))}
+        )
 
     def write_truth(self, axes: np.ndarray, paired: np.ndarray) -> None:
         """Store synthetic ground truth: unit axes (K x d) and a paired flag per axis."""

@@ -53,6 +53,8 @@ class SyntheticConfig:
         return self.l0 / (self.n_axes + self.n_paired)
 
     def validate(self) -> None:
+        if self.d < 1 or self.n_axes < 1:
+            raise SagsaeError(f"--d and --n-axes must be >= 1 (got {self.d}, {self.n_axes})")
         checks = [
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
             (self.d >= 1 and self.n_axes >= 1, "--d and --n-axes must be positive"),

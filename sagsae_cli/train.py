@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ import torch
 from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
+from sagsae_cli.files import read_json
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
@@ -48,10 +50,14 @@ class TrainConfig:
     warmup_steps: int = 1000  # capped at 10% of the run
     decay_frac: float = 0.2
     l1_warmup_frac: float = 0.05
+    init_l0: float = 0.0  # > 0: data-driven thresholds that open at about this L0 at step 0
     clip: float = 1.0
     theta0: float = 1e-3
     dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
     checkpoint_every: int = 1000  # steps
+    snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
     log_every: int = 50  # steps
     store: str = ""
     extra: dict = field(default_factory=dict)
@@ -84,6 +90,16 @@ class TrainConfig:
             raise SagsaeError(f"topk needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
             raise SagsaeError("--tokens, --batch and --lr must be positive")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise SagsaeError("Adam betas must lie in [0, 1)")
+
+    @property
+    def snapshot_steps(self) -> set[int]:
+        """Steps after which an SAE-only snapshot is kept (the final step is the run itself)."""
+        n = min(self.snapshots, self.steps - 1)
+        return (
+            {round(i * self.steps / (n + 1)) for i in range(1, n + 1)} - {0, self.steps} if n > 0 else set()
+        )
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -107,17 +123,24 @@ class Run:
     """One SAE being trained: model, optimiser, step and history, with checkpoint/resume."""
 
     def __init__(
-        self, cfg: TrainConfig, d_in: int, out: Path, sample: torch.Tensor, world: World, force: bool
-    ):
+        self, cfg: TrainConfig, d_in: int, out: Path, sample: torch.Tensor, world: World, force: bool,
+        locks: RunLocks | None = None,
+    ):  # fmt: skip
         self.cfg, self.dir, self.world = cfg, out / cfg.run_id, world
+        if world.main and locks is not None:
+            locks.take(self.dir)
         sae_cfg = SAEConfig(
             architecture="", d_in=d_in, d_sae=cfg.width, l1=cfg.l1, k=cfg.k, theta0=cfg.theta0,
             dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
         )  # fmt: skip
         self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
         self.sae.init_b_dec(sample)
+        if cfg.init_l0 > 0:
+            self.sae.init_from_data(sample[:8192], cfg.init_l0)
         self.sae.to(world.device)
-        self.opt = torch.optim.Adam(self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(0.0, 0.999))
+        self.opt = torch.optim.Adam(
+            self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(cfg.adam_beta1, cfg.adam_beta2)
+        )
         self.step, self.history, self.coef = 0, [], cfg.l1
         self._claim(force)
 
@@ -133,7 +156,7 @@ class Run:
         record = self.dir / "train_cfg.json"
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
-            theirs = json.loads(record.read_text())
+            theirs = read_json(record, "pass --force to start this run over")
             if _same_store_path(theirs) != _same_store_path(mine):
                 diff = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise SagsaeError(
@@ -147,6 +170,8 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in (self.ckpt, self.dir / "sae_weights.safetensors", self.dir / "history.parquet"):
                 stale.unlink(missing_ok=True)
+            for snap in snapshot_dirs(self.dir):
+                shutil.rmtree(snap)
             atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
 
     def _load(self) -> None:
@@ -174,6 +199,15 @@ class Run:
             frame = pd.DataFrame(self.history)
             atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))
         fault_point("checkpoint")
+
+    def snapshot(self, norm_factor: float) -> None:
+        """An SAE-only copy at this step (cfg.json + weights, loadable like a run) for convergence curves."""
+        if not self.world.main or self.step not in self.cfg.snapshot_steps:
+            return
+        self.sae.cfg.l1 = self.coef
+        self.sae.to("cpu").save(self.dir / "checkpoints" / snapshot_name(self.step * self.cfg.batch),
+                                norm_factor=norm_factor)  # fmt: skip
+        self.sae.to(self.world.device)
 
     def finish(self, norm_factor: float) -> None:
         if self.world.main:
@@ -206,10 +240,18 @@ class Run:
         terms = {k: v.detach() for k, v in terms.items()}
         n_total, loss_total, fired_any, active, terms = self._reduce(n, loss.detach(), f, terms)
         if not math.isfinite(loss_total):
-            raise SagsaeError(
-                f"run {cfg.run_id}: loss is {loss_total} at step {self.step}; the last good checkpoint "
-                f"is kept in {self.ckpt.parent}. Try a lower --lr"
+            if n and not bool(torch.isfinite(x).all()):
+                raise SagsaeError(
+                    f"the store {cfg.store} holds NaN or inf activations (in the batch of step {self.step}): "
+                    "harvest it again (with --model-dtype float32 if it was float16)"
+                )
+            kept = (
+                f"the last good checkpoint (step {torch.load(self.ckpt, weights_only=False)['step']}) is kept in "
+                f"{self.ckpt}; rerun with --force and a lower --lr"
+                if self.ckpt.exists()
+                else f"no checkpoint was written yet; rerun with --force and a lower --lr (now {cfg.lr:g})"
             )
+            raise SagsaeError(f"run {cfg.run_id}: the loss is {loss_total} at step {self.step}: {kept}")
         sae.remove_parallel_grad()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
         self.opt.step()
@@ -286,6 +328,55 @@ class Run:
         return row
 
 
+SNAPSHOT_PREFIX = "tokens-"
+
+
+def snapshot_name(tokens: int) -> str:
+    return f"{SNAPSHOT_PREFIX}{tokens:013d}"
+
+
+def snapshot_dirs(run_dir: Path) -> list[Path]:
+    """A run's snapshots (directories holding cfg.json + weights), in training order."""
+    d = Path(run_dir) / "checkpoints"
+    return sorted(p for p in d.glob(f"{SNAPSHOT_PREFIX}*") if p.is_dir()) if d.is_dir() else []
+
+
+def snapshot_tokens(path: Path) -> int:
+    return int(Path(path).name[len(SNAPSHOT_PREFIX) :])
+
+
+class RunLocks:
+    """Exclusive locks (flock on ``<run>/.lock``) on the run directories a process trains, so a
+    second `sagsae train` on the same runs is refused instead of interleaving checkpoints."""
+
+    def __init__(self):
+        self.fds: list[int] = []
+
+    def take(self, run_dir: Path) -> None:
+        import fcntl
+        import os
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SagsaeError(
+                f"another process is training {run_dir}: wait for it to finish or choose another --out"
+            ) from None
+        self.fds.append(fd)
+
+    def release(self) -> None:
+        import fcntl
+        import os
+
+        for fd in self.fds:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self.fds.clear()
+
+
 def _same_store_path(cfg: dict) -> dict:
     """The config with its store path resolved: `out/s` and `/abs/out/s` name the same store."""
     return {**cfg, "store": str(Path(cfg.get("store", "")).resolve())}
@@ -325,6 +416,7 @@ def train(
         raise SagsaeError(f"--data-shards {shards} must equal the number of processes ({world.size}) or be 0")
     if base.batch % shards:
         raise SagsaeError(f"--batch {base.batch} must divide evenly into {shards} shards")
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)  # harvest's names work here too
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" else "fp32"
     if dtype not in ("fp32", "bf16"):
@@ -340,6 +432,12 @@ def train(
         )
     if store.rows("train") == 0:
         raise SagsaeError(f"store {base.store} has no train rows: finish `sagsae harvest` first")
+    if base.batch > store.rows("train"):
+        raise SagsaeError(
+            f"--batch {base.batch:,} exceeds the store's {store.rows('train'):,} train rows: "
+            "choose a smaller --batch or harvest more tokens"
+        )
+    store.check_chunks()
     reader = ShuffledBatches(
         store, base.batch // shards, seed=base.data_seed, world_size=shards,
         rank=world.rank if world.active else None,
@@ -348,8 +446,22 @@ def train(
     extra = {"store": str(Path(base.store).resolve()), "model_name": store.meta.get("model", ""),
              "hook_name": store.meta.get("hook_name") or store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
     out = Path(out)
-    runs = [Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, world, force) for c in cfgs]
-    barrier(world)
+    if out.exists() and not out.is_dir():
+        raise SagsaeError(f"--out {out} is a file, not a directory: choose another --out")
+    locks = RunLocks()
+    try:
+        runs = [
+            Run(replace(c, extra={**extra, **c.extra}), store.d, out, sample, world, force, locks)
+            for c in cfgs
+        ]
+        barrier(world)
+        return _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_project)
+    finally:
+        locks.release()
+
+
+def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_project) -> list[Path]:
+    """The one pass over the data that feeds every unfinished run of a sweep."""
     todo = [r for r in runs if not r.done]
     if not todo:
         return [r.dir for r in runs]
@@ -375,6 +487,7 @@ def train(
                                 bar.note(
                                     f"L0 {row['l0']:.1f}  R² {row['r2']:.3f}  dead {row['dead_frac']:.2f}"
                                 )
+                        r.snapshot(store.norm_factor)
                         if r.step % base.checkpoint_every == 0:
                             r.save_checkpoint()
                 step += 1

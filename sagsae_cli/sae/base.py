@@ -93,6 +93,11 @@ class SAE(nn.Module):
         """b_dec = mean of a data sample (normalised units)."""
         self.b_dec.copy_(sample.float().mean(0))
 
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, l0: float) -> None:
+        """Data-driven start (architectures with thresholds): open each latent's gate on a fraction
+        l0 / d_sae of ``sample``'s tokens, so the first step already has an L0 near ``l0``."""
+
     # --- forward ------------------------------------------------------------------------------
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Shared projection u = (x - b_dec) W_enc, computed as x W_enc - b_dec W_enc so that
@@ -203,11 +208,12 @@ class SAE(nn.Module):
         atomic_write(run_dir / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2)))
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
+def atomic_write(path: Path, write, flag: str = "--out") -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file.
+    ``flag`` is the option a user changes to write elsewhere (named if the disk is full)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with disk_space(str(path)):
+        with disk_space(str(path), flag):
             write(tmp)
             os.replace(tmp, path)
     finally:
@@ -254,8 +260,16 @@ def load_sae(run_dir: str | Path, normalised: bool = True) -> tuple[SAE, float]:
     try:
         raw = json.loads((run_dir / CONFIG).read_text())
         tensors = load_file(str(run_dir / WEIGHTS))
-    except (OSError, ValueError) as e:
-        raise SagsaeError(f"{run_dir} holds no readable SAE (cfg.json + {WEIGHTS}): {e}") from None
+    except Exception as e:  # missing, truncated or garbled (safetensors raises its own error type)
+        raise SagsaeError(
+            f"{run_dir} holds no readable SAE (cfg.json + {WEIGHTS}: {type(e).__name__}): "
+            "retrain it with `sagsae train ... --force`"
+        ) from None
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SagsaeError(
+            f"{run_dir}: the SAE's {', '.join(sorted(bad))} hold NaN or inf: retrain it with --force"
+        )
     cfg = SAEConfig.from_json({**raw, "architecture": raw.get("sagsae_architecture", raw["architecture"])})
     sae = build_sae(cfg.variant or cfg.architecture, cfg)
     s = float(raw.get("norm_factor_folded", 1.0))

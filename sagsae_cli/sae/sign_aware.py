@@ -45,6 +45,17 @@ class SignAwareSAE(GatedFamily):
         return gate_code(u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided)
 
     @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, l0: float) -> None:
+        """theta_i = the (1 - l0 / d_sae) quantile of |u_i| over ``sample`` (b_gate = 0): latent i opens
+        (on either side) on a fraction l0 / d_sae of the tokens, so the initial L0 is about ``l0``
+        instead of about d_sae (theta_0 = 1e-3 opens nearly every gate)."""
+        q = 1.0 - min(max(l0 / self.cfg.d_sae, 0.0), 1.0)
+        u = self.pre(sample.float()).abs()
+        theta = u.kthvalue(1 + int(round(q * (u.shape[0] - 1))), dim=0).values
+        self.b_gate.zero_()
+        self.log_threshold.copy_(theta.clamp_min(1e-6).log())
+
+    @torch.no_grad()
     def reset_latents(self, mask: torch.Tensor) -> list[str]:
         if not self.cfg.reset or not mask.any():
             return []

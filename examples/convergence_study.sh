@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Convergence study (issue: SA-GSAE needs more optimizer steps than the Gated SAE): one change at a
+# time against a baseline recipe, on a synthetic store with superposition (64 axes in d=32, a quarter
+# of them antipodal pairs, L0 3) and optionally SmolLM2 mlp_out. Each candidate trains SA-GSAE at H
+# and the Gated SAE at 2H over three coefficients with 16 snapshots and a constant lr after warm-up
+# (--lr-decay 0, so the curve shows the optimiser, not the schedule), then `eval --checkpoints` and
+# `compare` give tokens-to-converge per run and the worst gap per snapshot. Rerunnable (resumes).
+#   CANDIDATES="base batch256" TOKENS=4M bash examples/convergence_study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/convergence}
+TOKENS=${TOKENS:-4M}
+CANDIDATES=${CANDIDATES:-base batch256 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01}
+# shellcheck source=examples/_setup.sh
+. examples/_setup.sh
+
+STORE="$OUT/store-superposition"
+sagsae harvest --source synthetic --protocol B --d 32 --n-axes 64 --paired-fraction 0.25 --l0 3 \
+  --tokens 4000000 --eval-tokens 50000 --out "$STORE" --quiet > /dev/null
+
+flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the paper's other settings)
+  case "$1" in
+    base) echo "--batch 1024 --lr 2e-3" ;;
+    batch256) echo "--batch 256 --lr 2e-3" ;;
+    lr5e-3) echo "--batch 1024 --lr 5e-3" ;;
+    initl0) echo "--batch 1024 --lr 2e-3 --init-l0 3" ;;
+    beta09) echo "--batch 1024 --lr 2e-3 --adam-beta1 0.9" ;;
+    l1warm0) echo "--batch 1024 --lr 2e-3 --l1-warmup 0" ;;
+    l1warm20) echo "--batch 1024 --lr 2e-3 --l1-warmup 0.2" ;;
+    thr50) echo "--batch 1024 --lr 2e-3 --threshold-lr-mult 50" ;;
+    theta01) echo "--batch 1024 --lr 2e-3 --theta0 0.1" ;;
+    *) "$1"_flags ;;
+  esac
+}
+
+for C in $CANDIDATES; do
+  # shellcheck disable=SC2046
+  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant sa-gsae --width 64 --l1 0.2,0.4,0.8 \
+    --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+  # shellcheck disable=SC2046
+  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width 128 --l1 0.2,0.4,0.8 \
+    --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+  sagsae eval "$OUT/$C"/runs/* --results "$OUT/$C/results" --checkpoints --lr-windows 0 --quiet > /dev/null
+  echo "=== $C: $(flags "$C")"
+  sagsae compare --results "$OUT/$C/results" --matched-l0 3
+done
