@@ -80,7 +80,11 @@ def harvest(
     ),
     d: int = typer.Option(64, help="Synthetic: dimension."),
     n_axes: int = typer.Option(48, help="Synthetic: number of unit axes K."),
-    rho: Optional[float] = typer.Option(None, help="Synthetic: within-pair correlation in [-1, 0]."),
+    rho: Optional[float] = typer.Option(
+        None,
+        help="Synthetic: within-pair co-firing lift minus one, in [-1, 0] (-1: a pair's two sides never "
+        "fire together; not a correlation: the indicators' correlation is rho p / (1 - p)).",
+    ),
     paired_fraction: Optional[float] = typer.Option(None, help="Synthetic: fraction of paired axes."),
     l0: float = typer.Option(2.0, help="Synthetic: mean active features per token."),
     noise: float = typer.Option(0.01, help="Synthetic: Gaussian noise std per dimension."),

@@ -106,11 +106,14 @@ class Census:
 
 def census_summary(table, threshold: float = 0.1) -> dict:
     """Live latents, bipolar fraction of live latents (minority share >= threshold), and the share of
-    the bipolar (minority-side) mass held by the top 1% and 10% of latents."""
+    the bipolar (minority-side) mass held by the top 1% and 10% of the *live* latents (dead ones
+    would inflate the denominator's count and shrink the top-k)."""
     live = (table["n_pos"] + table["n_neg"]) > 0
     n_live = int(live.sum())
     bipolar = live & (table["minority_share"] >= threshold)
-    minority_mass = table[["mass_pos", "mass_neg"]].min(axis=1).sort_values(ascending=False).to_numpy()
+    minority_mass = (
+        table.loc[live, ["mass_pos", "mass_neg"]].min(axis=1).sort_values(ascending=False).to_numpy()
+    )
     total = minority_mass.sum()
 
     def top(frac):

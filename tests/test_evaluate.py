@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 from conftest import run_cli
@@ -62,3 +64,47 @@ def test_run_whose_store_moved(runs, tmp_path):
     (tmp_path / "s").rename(tmp_path / "s-moved")
     p = run_cli("eval", tmp_path / "runs" / "gated-w16-l1_0.4-s0", "--results", tmp_path / "res", check=2)
     assert "store of" in p.stderr and "is gone" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_evaluate_run_against_an_independent_computation(runs):
+    """R², MSE, L0 and dead fraction recomputed from the raw Zarr arrays and the exported (folded,
+    raw-activation) SAE with plain numpy/torch, not through the reader or metrics."""
+    import numpy as np
+    import torch
+    import zarr
+
+    from sagsae_cli.evaluate import evaluate_run
+    from sagsae_cli.sae import load_sae
+
+    run = runs / "runs" / "sa-gsae-w48-l1_0.4-s0"
+    row, _ = evaluate_run(run, 3000)
+    raw = np.asarray(zarr.open_group(str(runs / "s"), mode="r")["eval/acts"][:3000], dtype=np.float64)
+    sae, _ = load_sae(run, normalised=False)  # acts on raw activations
+    with torch.no_grad():
+        f = sae.encode(torch.from_numpy(raw).float()).double()
+        x_hat = (f @ sae.W_dec.double() + sae.b_dec.double()).numpy()
+    sse = ((raw - x_hat) ** 2).sum()
+    sst = ((raw - raw.mean(0)) ** 2).sum()
+    s = json.loads((run / "cfg.json").read_text())["norm_factor_folded"]
+    assert row["eval_tokens"] == 3000
+    assert row["r2"] == pytest.approx(1 - sse / sst, abs=1e-5)  # R² does not depend on the scale
+    assert row["mse"] == pytest.approx(sse / 3000 / s**2, rel=1e-4)  # MSE is in normalised units
+    assert row["l0"] == pytest.approx(float((f != 0).sum()) / 3000)
+    assert row["dead_frac"] == pytest.approx(float(((f != 0).sum(0) == 0).double().mean()))
+
+
+def test_eval_checkpoints_of_a_tiny_run(runs, tmp_path):
+    """Every snapshot is evaluated into <results>/checkpoints with its token count; a rerun skips them."""
+    run_cli("train", "--store", runs / "s", "--out", tmp_path / "runs", "--variant", "gated", "--width", 16,
+            "--tokens", 8000, "--batch", 1000, "--snapshots", 3, "--quiet", check=0)  # fmt: skip
+    run = tmp_path / "runs" / "gated-w16-l1_0.4-s0"
+    run_cli("eval", run, "--results", tmp_path / "res", "--checkpoints", "--quiet", check=0)
+    snaps = read_table(tmp_path / "res", "checkpoints").sort_values("tokens")
+    # 8 steps, 3 snapshots: after steps 2, 4, 6 (x 1000 tokens); the final row says 8000
+    assert snaps.tokens.tolist() == [2000, 4000, 6000] and not snaps.final.any()
+    final = read_table(tmp_path / "res")
+    assert final.tokens.tolist() == [8000] and final.final.all()
+    assert len(set(snaps.r2.round(8))) == 3  # three different SAEs
+    mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "res" / "checkpoints").iterdir())]
+    run_cli("eval", run, "--results", tmp_path / "res", "--checkpoints", "--quiet", check=0)
+    assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "res" / "checkpoints").iterdir())]

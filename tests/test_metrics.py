@@ -87,3 +87,54 @@ def test_dead_reduction():
     # neither side has a dead latent: 1x, although B is twice as wide (the old floors said 0.5x)
     assert dead_reduction(l0, [0.0] * 3, 100, l0, [0.0] * 3, 200)["dead_ratio_geomean"] == pytest.approx(1.0)
     assert math.isnan(dead_reduction(l0, [0] * 3, 10, l0, [0] * 3, 10, matched_l0=1000)["dead_cut_at_l0"])
+
+
+def test_bipolar_mass_ranks_live_latents_only():
+    import pandas as pd
+
+    # 10 live latents (minority masses 10, 1, ..., 1) and 10 dead ones: the top 10% of the live
+    # latents is one latent holding 10 / 19 of the minority mass (ranking all 20 would take two)
+    mass = [10.0] + [1.0] * 9 + [0.0] * 10
+    t = pd.DataFrame({"n_pos": [5] * 10 + [0] * 10, "n_neg": [5] * 10 + [0] * 10, "mass_pos": mass,
+                      "mass_neg": mass, "minority_share": [0.5] * 10 + [0.0] * 10})  # fmt: skip
+    assert census_summary(t)["bipolar_mass_top10"] == pytest.approx(10 / 19)
+
+
+def test_tokens_to_converge_on_a_hand_made_history():
+    from sagsae_cli.metrics import tokens_to_converge
+
+    tokens = [100, 200, 300, 400, 500, 600]
+    r2 = [0.50, 0.80, 0.897, 0.90, 0.899, 0.90]  # within 0.005 of 0.90 from 300 on
+    l0 = [50.0, 20.0, 12.0, 10.5, 10.2, 10.0]  # within 10% of 10 from 400 on (12 is 20% off)
+    assert tokens_to_converge(tokens, r2, l0) == 400
+    # a late excursion resets the clock: R² drops out of the band at 500
+    assert tokens_to_converge(tokens, [0.5, 0.8, 0.9, 0.9, 0.8, 0.9], [10.0] * 6) == 600
+    # already converged at the first point; order of points does not matter
+    assert tokens_to_converge([300, 100, 200], [0.9, 0.9, 0.9], [5, 5, 5]) == 100
+    assert math.isnan(tokens_to_converge([], [], []))
+
+
+def test_convergence_and_gap_by_tokens_from_tables():
+    import pandas as pd
+
+    from sagsae_cli.compare import convergence, gap_by_tokens
+
+    rows = []
+    for variant, width, r2s in (("sa-gsae", 8, [0.5, 0.8, 0.9]), ("gated", 16, [0.85, 0.9, 0.9])):
+        for l1, l0_ in ((0.1, 8.0), (0.4, 2.0)):
+            for t, r in zip((100, 200, 300), r2s):
+                rows.append({"model": "m", "hook": "h", "variant": variant, "width": width, "l1": l1, "k": 0,
+                             "target_l0": 0.0, "seed": 0, "run": f"{variant}-{l1}", "run_dir": f"/r/{variant}-{l1}",
+                             "tokens": t, "r2": r - (0.1 if l1 == 0.4 else 0), "l0": l0_, "dead_frac": 0.0,
+                             "bipolar_frac": 0.0})  # fmt: skip
+    table = pd.DataFrame(rows)
+    snaps, final = table[table.tokens < 300], table[table.tokens == 300]
+    conv = convergence(snaps, final).set_index("run")
+    assert (
+        conv.loc["sa-gsae-0.1", "tokens_to_converge"] == 300
+        and conv.loc["gated-0.1", "tokens_to_converge"] == 200
+    )
+    assert conv.finished.all() and (conv.tokens_final == 300).all()
+    gaps = gap_by_tokens(snaps, final, matched_l0=4).set_index("tokens")
+    # SA - Gated at equal L0: -0.35, -0.10, 0.0 at 100, 200, 300 tokens
+    assert gaps.worst_gap.to_dict() == pytest.approx({100: -0.35, 200: -0.10, 300: 0.0})

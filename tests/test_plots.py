@@ -70,7 +70,14 @@ def test_ablate_end_to_end_then_plots(tmp_path):
     table = pd.read_parquet(tmp_path / "res" / "ablation" / "s-w24.parquet")
     assert set(table.label) == {"sa-gsae@24", "sa-gsae-untied@24", "no-aux@24", "one-sided@24", "no-reset@24",
                                 "gated@24", "gated@48"}  # fmt: skip
-    assert table.loc[table.label == "sa-gsae@24", "delta_r2"].iloc[0] == 0
+    # deltas against the tied default, recomputed from the eval table itself (not the ablation code)
+    from sagsae_cli.evaluate import read_table
+
+    ev = read_table(tmp_path / "res")
+    r2 = {(v, w): g.r2.mean() for (v, w), g in ev.groupby(["variant", "width"])}
+    for label, v, w in (("no-aux@24", "no-aux", 24), ("gated@48", "gated", 48)):
+        delta = table.loc[table.label == label, "delta_r2"].iloc[0]
+        assert delta == pytest.approx(r2[(v, w)] - r2[("sa-gsae", 24)]) and delta != 0
     run_cli("compare", "--results", tmp_path / "res", check=0)
     for name in ("pareto", "dead", "census", "ablation"):
         run_cli("plot", name, "--results", tmp_path / "res", "--out", tmp_path / "fig", check=0)

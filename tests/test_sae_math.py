@@ -149,13 +149,16 @@ def test_jumprelu_straight_through_gradient_matches_the_paper():
     theta = torch.tensor([0.3, 0.3, 0.3, 0.3], requires_grad=True)
     g_out = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     (jumprelu(z, theta, eps) * g_out).sum().backward()
-    kernel = ((z - theta).abs() < eps / 2).float() / eps  # rectangle kernel K((z-theta)/eps)/eps
-    assert torch.allclose(theta.grad, (-(theta / 1.0) * kernel * g_out).sum(0))
-    assert torch.equal(z.grad, g_out * (z > theta))
+    # by hand: |z - theta| < eps / 2 = 0.05 at (0,1) 0.04, (0,2) 0.01, (1,2) 0.01, (1,3) 0.04, where the
+    # rectangle kernel K((z - theta) / eps) / eps is 10. d/dtheta = -theta * 10 * g_out summed there:
+    # column 1: -0.3 * 10 * 2 = -6; column 2: -0.3 * 10 * (3 + 7) = -30; column 3: -0.3 * 10 * 8 = -24
+    assert torch.allclose(theta.grad, torch.tensor([0.0, -6.0, -30.0, -24.0]))
+    # d/dz: g_out where z > theta (0.50, 0.31 in row 0; 0.95, 0.34 in row 1)
+    assert torch.equal(z.grad, torch.tensor([[1.0, 0.0, 3.0, 0.0], [0.0, 6.0, 0.0, 8.0]]))
     theta.grad = None
     z.grad = None
     (step(z, theta, eps) * z.shape[0]).backward()  # step() is the per-token mean of sum_i H
-    assert torch.allclose(theta.grad, -kernel.sum(0))
+    assert torch.allclose(theta.grad, torch.tensor([0.0, -10.0, -20.0, -10.0]))  # -10 per kernel hit
     assert z.grad is None or z.grad.abs().sum() == 0
 
 

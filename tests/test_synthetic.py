@@ -18,6 +18,10 @@ def test_requested_correlation_and_l0(rho):
     both = (plus & minus)[:, pair].float().mean(0)
     measured = (both / (p_plus * p_minus) - 1).mean().item()  # the co-firing lift minus one
     assert measured == pytest.approx(rho, abs=0.08)
+    # the Pearson correlation of the two indicators is rho p / (1 - p): small, as documented
+    a, b = plus[:, pair].float(), minus[:, pair].float()
+    corr = (((a - a.mean(0)) * (b - b.mean(0))).mean(0) / (a.std(0) * b.std(0))).mean().item()
+    assert corr == pytest.approx(rho * cfg.p / (1 - cfg.p), abs=0.01)
     assert p_plus.mean().item() == pytest.approx(cfg.p, rel=0.03)
     assert p_minus.mean().item() == pytest.approx(cfg.p, rel=0.03)
     assert not minus[:, ~pair].any()
