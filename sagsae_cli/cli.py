@@ -468,7 +468,7 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
 
 @app.command()
 def plot(
-    name: str = typer.Argument(..., help="pareto, dead, census, ablation or training."),
+    name: str = typer.Argument(..., help="pareto, dead, census, ablation, convergence or training."),
     results: str = typer.Option("results", help="Results directory (tables from eval / compare / ablate)."),
     runs: list[str] = typer.Option(None, "--run", help="training: run directories (repeat the flag)."),
     out: str = typer.Option("figures", help="Directory for the PNG and PDF files."),
@@ -481,7 +481,7 @@ def plot(
     elif name in PLOTS:
         paths = PLOTS[name](results, out)
     else:
-        raise SagsaeError(f"unknown plot {name!r}: choose pareto, dead, census, ablation or training")
+        raise SagsaeError(f"unknown plot {name!r}: choose {', '.join(PLOTS)} or training")
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -180,8 +180,57 @@ def plot_ablation(results: str | Path, out: str | Path) -> list[Path]:
     return _save(fig, Path(out), "ablation")
 
 
+def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
+    """Per cell: the worst R² gap of A@H against B@2H at each snapshot's token count, and held-out R²
+    and L0 of every run against tokens (from `eval --checkpoints`)."""
+    from sagsae_cli.compare import _history, gap_by_tokens
+    from sagsae_cli.evaluate import read_table
+
+    snaps = read_table(results, "checkpoints")
+    final = read_table(results) if any((Path(results) / "eval").glob("*.parquet")) else None
+    hist = _history(snaps, final)
+    try:
+        gaps = gap_by_tokens(snaps, final)
+    except SagsaeError:
+        gaps = None
+    cells = list(hist.groupby(["model", "hook"], dropna=False))
+    fig, axes = plt.subplots(len(cells), 3, figsize=(15, 3.8 * len(cells)), squeeze=False)
+    for row, ((model, hook), cell) in zip(axes, cells):
+        ax = row[0]
+        g = None if gaps is None else gaps[(gaps.model == model) & (gaps.hook == hook)]
+        if g is not None and len(g):
+            ax.plot(g.tokens / 1e6, g.worst_gap, "o-", color="#333333", lw=1.8, ms=4)
+            ax.axhline(-0.025, color="#d62728", ls=":", lw=1, label="paper's tolerance (-0.025)")
+            ax.axhline(0, color="#999999", lw=0.8)
+            last = g.sort_values("tokens").iloc[-1]
+            ax.set_title(f"{model} · {hook}\n{last.a} vs {last.b}: worst gap {last.worst_gap:+.3f} at the end",
+                         fontsize=9)  # fmt: skip
+            ax.legend(fontsize=8)
+        else:
+            ax.set_title(f"{model} · {hook}\n(no token count with snapshots of both sides)", fontsize=9)
+        ax.set_ylabel("worst R² gap over the L0 overlap")
+        for _, r in cell.groupby("run_dir"):
+            r = r.sort_values("tokens")
+            v = r.variant.iloc[0]
+            label = f"{LABELS.get(v, v)} w{r.width.iloc[0]}"
+            for ax, col in ((row[1], "r2"), (row[2], "l0")):
+                ax.plot(r.tokens / 1e6, r[col], "-", color=COLORS.get(v), lw=1.2, alpha=0.8, label=label)
+        row[1].set_ylabel("held-out R²")
+        row[2].set_ylabel("held-out L0 (log scale)")
+        row[2].set_yscale("log")
+        handles = {h.get_label(): h for h in row[1].get_lines()}  # one legend entry per architecture
+        row[1].legend(handles.values(), handles.keys(), fontsize=8)
+        for ax in row:
+            ax.set_xlabel("training tokens (millions)")
+            ax.grid(alpha=0.3)
+    fig.suptitle("Convergence against training tokens: the worst gap per cell, held-out R² and L0 per run "
+                 "(snapshots from eval --checkpoints)", y=1.0)  # fmt: skip
+    return _save(fig, Path(out), "convergence")
+
+
 def _maybe(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
-PLOTS = {"pareto": plot_pareto, "dead": plot_dead, "census": plot_census, "ablation": plot_ablation}
+PLOTS = {"pareto": plot_pareto, "dead": plot_dead, "census": plot_census, "ablation": plot_ablation,
+         "convergence": plot_convergence}  # fmt: skip

@@ -24,7 +24,13 @@ def results(tmp_path):
                     row = dict(run=run, variant=variant, width=width, l1=l1, k=0, seed=seed, model="tiny", hook=hook,
                                l0=l0, r2=0.9 - 0.1 * l1 + shift + 0.005 * seed, dead_frac=0.3 if variant == "gated" else 0.01,
                                bipolar_frac=0.5 if variant == "sa-gsae" else 0.0, eval_tokens=1000, bipolar_threshold=0.1)  # fmt: skip
+                    row.update(run_dir=f"/runs/{hook}/{run}", tokens=300, final=True)
                     pd.DataFrame([row]).to_parquet(tmp_path / "eval" / f"{run}.parquet")
+                    for t, lag in ((100, 0.2), (200, 0.05)):  # snapshots: SA-GSAE converges later
+                        snap = {**row, "tokens": t, "final": False, "l0": l0 * (1 + lag),
+                                "r2": row["r2"] - lag * (2 if variant == "sa-gsae" else 1)}  # fmt: skip
+                        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+                        pd.DataFrame([snap]).to_parquet(tmp_path / "checkpoints" / f"{run}-t{t}.parquet")
                     n = rng.integers(0, 50, size=(width, 2))
                     pd.DataFrame({"run": run, "latent": range(width), "n_pos": n[:, 0], "n_neg": n[:, 1],
                                   "mass_pos": n[:, 0] * 1.0, "mass_neg": n[:, 1] * 0.5,
@@ -45,12 +51,21 @@ def test_compare_verdict_from_the_table(results):
     assert table.dead_cut_at_l0.tolist() == pytest.approx([0.29, 0.29])
 
 
-@pytest.mark.parametrize("name", ["pareto", "dead", "census"])
+@pytest.mark.parametrize("name", ["pareto", "dead", "census", "convergence"])
 def test_every_plot_is_non_blank(results, tmp_path, name):
     run_cli("compare", "--results", results, check=0)
     run_cli("plot", name, "--results", results, "--out", tmp_path / "fig", check=0)
     assert non_blank(tmp_path / "fig" / f"{name}.png")
     assert (tmp_path / "fig" / f"{name}.pdf").stat().st_size > 1000
+
+
+def test_compare_reports_convergence(results):
+    p = run_cli("compare", "--results", results, "--matched-l0", 20, check=0)
+    assert "convergence" in p.stdout + p.stderr and "worst gap by tokens" in p.stdout + p.stderr
+    conv = pd.read_parquet(results / "compare" / "convergence.parquet")
+    assert len(conv) == 24 and conv.finished.all()
+    gaps = pd.read_parquet(results / "compare" / "gap_by_tokens.parquet")
+    assert sorted(set(gaps.tokens)) == [100, 200, 300]
 
 
 def test_unknown_plot_and_empty_table(results, tmp_path):
