@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Synthetic quickstart: PAPER.md §7 Protocol A (48 antipodal axes in d=64, rho = -1), SA-GSAE at
+# Synthetic quickstart: docs/METHOD.md §7 Protocol A (48 antipodal axes in d=64, rho = -1), SA-GSAE at
 # width H = 48 against the Gated SAE at 2H = 96 over a small sparsity sweep, with ground-truth
 # scoring. About 3 minutes on a 2-core CPU. Rerunnable: every stage resumes or skips what is done.
 set -euo pipefail

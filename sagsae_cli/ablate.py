@@ -1,4 +1,4 @@
-"""`sagsae ablate`: the paper's ablation grid on one store (PAPER.md §5) = train + eval + a table.
+"""`sagsae ablate`: the paper's ablation grid on one store (docs/METHOD.md §5) = train + eval + a table.
 
 Variants at width H: sa-gsae (tied, the reference), sa-gsae-untied, no-aux, one-sided, no-reset,
 gated; plus gated at 2H. All runs share one pass over the data; finished runs are skipped.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from sagsae_cli.evaluate import evaluate
-from sagsae_cli.sae.base import atomic_write
+from sagsae_cli.files import atomic_write
 from sagsae_cli.train import TrainConfig, train
 
 GRID = ["sa-gsae", "sa-gsae-untied", "no-aux", "one-sided", "no-reset", "gated"]

@@ -74,7 +74,9 @@ def harvest(
         "100k", help="Eval-split tokens (from documents train never sees; 0 = none)."
     ),
     dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
-    source: str = typer.Option("lm", help="lm (a language model) or synthetic (PAPER.md §7 ground truth)."),
+    source: str = typer.Option(
+        "lm", help="lm (a language model) or synthetic (docs/METHOD.md §7 ground truth)."
+    ),
     protocol: str = typer.Option(
         "A", help="Synthetic: protocol A (rho sweep), B (pair fraction), C (widths)."
     ),
@@ -341,7 +343,8 @@ def eval_cmd(
     table = Table(title=f"evaluation ({eval_tokens:,} held-out tokens per run)")
     for c in cols:
         table.add_column(c, justify="left" if c == "run" else "right")
-    for _, row in frame.sort_values(["variant", "width", "l1", "k", "seed"]).iterrows():
+    frame = frame.assign(run=[f"{h}/{r}" if h else r for h, r in zip(frame.hook, frame.run)])  # hook too
+    for _, row in frame.sort_values(["hook", "variant", "width", "l1", "k", "seed"]).iterrows():
         table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else f"{row[c]}" for c in cols])
     console.print(table)
     console.print(f"table: {results}/eval/")

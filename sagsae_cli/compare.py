@@ -1,5 +1,5 @@
 """The paper's comparison per cell (model x hookpoint): SA-half (SA-GSAE at width H) against
-Gated-full (the Gated SAE at 2H), from the eval table (PAPER.md §6).
+Gated-full (the Gated SAE at 2H), from the eval table (docs/METHOD.md §6).
 
 Points are averaged over seeds per (variant, width, coefficient); frontiers are compared with the
 Pareto verdict over their L0 overlap, and dead fractions at a matched L0 and as a sweep geomean.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.files import atomic_write
 from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_to_converge
-from sagsae_cli.sae.base import atomic_write
 
 POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
 

@@ -1,4 +1,4 @@
-"""Evaluate trained runs on their store's held-out ``eval`` split (PAPER.md §6 metrics).
+"""Evaluate trained runs on their store's held-out ``eval`` split (docs/METHOD.md §6 metrics).
 
 One Parquet part file per run under ``<results>/eval/``, so concurrent evaluations never write the
 same file; ``read_table`` concatenates them. A run already evaluated with the same settings is
@@ -16,12 +16,12 @@ import torch
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
+from sagsae_cli.files import SAE_WEIGHTS, TRAIN_CFG, atomic_write
 from sagsae_cli.files import train_cfg as read_train_cfg
 from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, latents_per_axis
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
-from sagsae_cli.sae.base import atomic_write
 from sagsae_cli.store import open_store
 from sagsae_cli.train import snapshot_dirs, snapshot_tokens
 
@@ -114,12 +114,12 @@ def evaluate(
     """Evaluate every finished run into ``<results>/eval``; with ``checkpoints`` also every snapshot
     a run kept (unfinished runs included) into ``<results>/checkpoints`` (the same columns, one row
     per snapshot, ``tokens`` says when). Returns the final rows (new and cached) as a DataFrame."""
-    dirs = [Path(d) for d in run_dirs if (Path(d) / "train_cfg.json").exists()]
+    dirs = [Path(d) for d in run_dirs if (Path(d) / TRAIN_CFG).exists()]
     if not dirs:
         raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
     items = []  # (run dir, snapshot dir or None for the final SAE)
     for d in dirs:
-        finished = (d / "sae_weights.safetensors").exists()
+        finished = (d / SAE_WEIGHTS).exists()
         if not finished and not (checkpoints and snapshot_dirs(d)):
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
         items += [(d, snap) for snap in (snapshot_dirs(d) if checkpoints else [])]
@@ -165,7 +165,7 @@ def cache_key(run_dir: Path, **settings) -> str:
     """What a cached row depends on: the evaluation settings and the SAE's weights (a run retrained
     with --force gets a new row)."""
     h = hashlib.sha256()
-    with open(run_dir / "sae_weights.safetensors", "rb") as f:
+    with open(run_dir / SAE_WEIGHTS, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
     return json.dumps({**settings, "weights": h.hexdigest()[:16]}, sort_keys=True)

@@ -4,9 +4,10 @@ message, so every stage says the same thing about a broken input."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, disk_space
 
 TRAIN_CFG = "train_cfg.json"  # what produced a run (TrainConfig)
 SAE_CFG = "cfg.json"  # the SAE, SAELens-style
@@ -27,3 +28,48 @@ def read_json(path: Path, fix: str) -> dict:
 
 def train_cfg(run_dir: Path) -> dict:
     return read_json(Path(run_dir) / TRAIN_CFG, "retrain the run with `sagsae train ... --force`")
+
+
+def atomic_write(path: Path, write, flag: str = "--out") -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file.
+    ``flag`` is the option a user changes to write elsewhere (named if the disk is full)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with disk_space(str(path), flag):
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class _WriteRecorder:
+    """A file wrapper that keeps the OSError of a failed write: torch.save swallows it and reports
+    only "unexpected pos", which would hide a full disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def torch_save(obj, path: Path) -> None:
+    """torch.save(obj, path), raising the OSError itself when a write fails."""
+    import torch  # only the trainer saves checkpoints: tables and plots stay free of torch
+
+    with open(path, "wb") as f:
+        out = _WriteRecorder(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise

@@ -2,7 +2,7 @@
 
 One forward pass fills one store per requested hookpoint. Position 0 (BOS / attention sink) is
 skipped unless ``keep_bos``; tokens whose norm exceeds ``max_norm_ratio`` x the median norm (measured
-on the first batch and kept for the whole harvest) are dropped and counted (PAPER.md §6). Stores
+on the first batch and kept for the whole harvest) are dropped and counted (docs/METHOD.md §6). Stores
 are committed every few seconds with a per-store cursor (windows done per split), so a killed
 harvest resumes at its last commit and ends identical to an uninterrupted one.
 

@@ -1,4 +1,4 @@
-"""Pure metric functions (PAPER.md §6) on tensors. Latents are signed: "active" means f != 0."""
+"""Pure metric functions (docs/METHOD.md §6) on tensors. Latents are signed: "active" means f != 0."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def latents_per_axis(
     return float((cos >= min_cos).sum(0).double().mean())
 
 
-# --- bipolar census (PAPER.md §6) ---------------------------------------------------------------
+# --- bipolar census (docs/METHOD.md §6) ---------------------------------------------------------------
 class Census:
     """Per-latent counts and masses on each sign, accumulated over batches."""
 
@@ -146,7 +146,7 @@ def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.
     return float(t[bad[-1] + 1] if len(bad) else t[0])
 
 
-# --- comparisons between frontiers (PAPER.md §6) ----------------------------------------------
+# --- comparisons between frontiers (docs/METHOD.md §6) ----------------------------------------------
 def _interp_log(l0s, values, grid):
     import numpy as np
 

@@ -3,7 +3,7 @@
 ``--model`` takes a hub id, a short alias, a local directory or a ``.gguf`` file. A GGUF model is
 de-quantised once and cached as safetensors under ``$SAGSAE_CACHE`` (default ~/.cache/sagsae).
 
-Hookpoints at layer L (PAPER.md §6), by what is actually added to the residual stream:
+Hookpoints at layer L (docs/METHOD.md §6), by what is actually added to the residual stream:
 
 | family (model_type)                    | attn_out                   | mlp_out                     | resid_mid |
 |----------------------------------------|----------------------------|-----------------------------|-----------|
@@ -125,7 +125,7 @@ def hook_definition(model: nn.Module, hook: str, layer: int) -> str:
         "resid_mid": (
             f"input of {fam.layers}.{layer}.{fam.mid_input}"
             if fam.mid_input
-            else f"resid_pre + attn_out at layer {layer} (parallel residual: defined by sagsae, PAPER.md §6)"
+            else f"resid_pre + attn_out at layer {layer} (parallel residual: defined by sagsae, docs/METHOD.md §6)"
         ),
     }
     return defs[hook]

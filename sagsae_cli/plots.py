@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sagsae_cli.errors import SagsaeError  # noqa: E402
+from sagsae_cli.files import HISTORY  # noqa: E402
 
 COLORS = {
     "sa-gsae": "#d62728",
@@ -140,7 +141,7 @@ def plot_census(results: str | Path, out: str | Path) -> list[Path]:
 
 
 def plot_training(run_dirs: list[str], out: str | Path) -> list[Path]:
-    hist = [(Path(d).name, Path(d) / "history.parquet") for d in run_dirs]
+    hist = [(Path(d).name, Path(d) / HISTORY) for d in run_dirs]
     hist = [(n, pd.read_parquet(p)) for n, p in hist if p.exists()]
     if not hist:
         raise SagsaeError("no history.parquet in the given run directories: train them first")

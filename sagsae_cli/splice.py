@@ -1,4 +1,4 @@
-"""Loss recovered (PAPER.md §6): the LM's next-token loss with a hookpoint replaced.
+"""Loss recovered (docs/METHOD.md §6): the LM's next-token loss with a hookpoint replaced.
 
     LR = (CE_zero - CE_sae) / (CE_zero - CE_clean)
 

@@ -1,4 +1,4 @@
-"""Synthetic ground truth (PAPER.md §7): signed-axis data written as an ordinary activation store.
+"""Synthetic ground truth (docs/METHOD.md §7): signed-axis data written as an ordinary activation store.
 
 K unit axes v_k in R^d (orthonormal when K <= d). A *paired* axis carries two antipodal features
 +v_k and -v_k with sparse non-negative intensities a+ and a-; a *one-sided* axis carries one.
@@ -118,7 +118,7 @@ def write_synthetic_store(cfg: SyntheticConfig, out: str, *, force: bool = False
         "source": "synthetic",
         "model": f"synthetic-protocol-{cfg.protocol}",
         "hook": f"rho={cfg.rho:g},paired={cfg.paired_fraction:g}",
-        "hook_definition": "x = sum_k (a+_k - a-_k) v_k + noise (PAPER.md §7)",
+        "hook_definition": "x = sum_k (a+_k - a-_k) v_k + noise (docs/METHOD.md §7)",
         "indicator_correlation": cfg.rho * cfg.p / (1 - cfg.p),  # of a pair's two firing indicators
         **asdict(cfg),
     }

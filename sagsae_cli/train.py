@@ -1,4 +1,4 @@
-"""The training loop (PAPER.md §4): Adam (betas 0, 0.999), linear lr warm-up and final-20% decay,
+"""The training loop (docs/METHOD.md §4): Adam (betas 0, 0.999), linear lr warm-up and final-20% decay,
 10x lr on thresholds, lambda warm-up, gradient clip, unit-norm decoder, dead-latent threshold resets,
 atomic checkpoints and exact resume. Several runs (a sweep) share each batch read from the store.
 Under torchrun each rank reads its own shard; gradients, losses and dead-latent counters are summed
@@ -24,12 +24,11 @@ import torch
 from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import read_json
+from sagsae_cli.files import HISTORY, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_json, torch_save
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
 from sagsae_cli.sae import SAE, SAEConfig, build_sae, resolve
-from sagsae_cli.sae.base import atomic_write, torch_save
 from sagsae_cli.store import open_store
 
 
@@ -150,10 +149,10 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.dir / "sae_weights.safetensors").exists() and self.step >= self.cfg.steps
+        return (self.dir / SAE_WEIGHTS).exists() and self.step >= self.cfg.steps
 
     def _claim(self, force: bool) -> None:
-        record = self.dir / "train_cfg.json"
+        record = self.dir / TRAIN_CFG
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
             theirs = read_json(record, "pass --force to start this run over")
@@ -168,7 +167,7 @@ class Run:
             return
         if self.world.main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.ckpt, self.dir / "sae_weights.safetensors", self.dir / "history.parquet"):
+            for stale in (self.ckpt, self.dir / SAE_WEIGHTS, self.dir / HISTORY):
                 stale.unlink(missing_ok=True)
             for snap in snapshot_dirs(self.dir):
                 shutil.rmtree(snap)
@@ -197,7 +196,7 @@ class Run:
         atomic_write(self.ckpt, lambda p: torch_save(state, p))
         if self.history:
             frame = pd.DataFrame(self.history)
-            atomic_write(self.dir / "history.parquet", lambda p: frame.to_parquet(p, index=False))
+            atomic_write(self.dir / HISTORY, lambda p: frame.to_parquet(p, index=False))
         fault_point("checkpoint")
 
     def snapshot(self, norm_factor: float) -> None:

@@ -1,4 +1,4 @@
-"""The maths of PAPER.md §3-§5, checked with autograd."""
+"""The maths of docs/METHOD.md §3-§5, checked with autograd."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_gated_gradient_routes():
 
 def test_aux_pulls_theta_down_and_sparsity_pushes_it_up():
     # orthonormal decoder rows and x on one row: s undershoots x by theta, so only the L1 term
-    # argues for a larger theta and the auxiliary term for a smaller one (PAPER.md §4)
+    # argues for a larger theta and the auxiliary term for a smaller one (docs/METHOD.md §4)
     cfg = SAEConfig(architecture="", d_in=20, d_sae=12, l1=0.3, theta0=0.4)
     sae = build_sae("sa-gsae", cfg)
     with torch.no_grad():
@@ -240,7 +240,7 @@ def test_save_load_exact_and_folded_export(tmp_path, name):
 
 
 def reference_sa_gsae(sae, x):
-    """PAPER.md §3-§4 written out literally with plain autograd (no fused kernel)."""
+    """docs/METHOD.md §3-§4 written out literally with plain autograd (no fused kernel)."""
     u = (x - sae.b_dec) @ sae.W_enc
     pi = u + sae.b_gate
     theta = sae.log_threshold.exp()

@@ -40,7 +40,7 @@ def evaluate(run_dir, store):
 
 
 def test_quality_gate_protocol_a(synth, tmp_path):
-    """PAPER.md §4 prototype: SA-GSAE at width 48 recovers 48 antipodal axes with one latent each;
+    """docs/METHOD.md §4 prototype: SA-GSAE at width 48 recovers 48 antipodal axes with one latent each;
     the Gated SAE needs width 96 (two latents per axis); without the aux loss SA-GSAE collapses."""
     common = dict(
         store=str(synth), tokens=2_000_000, batch=1024, lr=2e-3, log_every=100, checkpoint_every=10**6

@@ -2,7 +2,7 @@
 
 Tensor names and shapes follow SAELens: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in), ``b_dec``
 (d_in), so a decoder *row* is a latent's direction. The model acts on normalised activations
-(x / norm_factor, PAPER.md §6); ``save(..., norm_factor=s)`` folds s into the weights so the exported
+(x / norm_factor, docs/METHOD.md §6); ``save(..., norm_factor=s)`` folds s into the weights so the exported
 SAE acts on raw activations.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -19,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sagsae_cli.errors import SagsaeError, disk_space
-
-WEIGHTS = "sae_weights.safetensors"
-CONFIG = "cfg.json"
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.files import SAE_CFG as CONFIG
+from sagsae_cli.files import SAE_WEIGHTS as WEIGHTS
+from sagsae_cli.files import atomic_write
 
 
 @dataclass
@@ -78,7 +77,7 @@ class SAE(nn.Module):
     # --- init ---------------------------------------------------------------------------------
     @torch.no_grad()
     def init_params(self, generator: torch.Generator) -> None:
-        """PAPER.md §4: random unit decoder rows, W_enc = W_dec^T, every bias zero."""
+        """docs/METHOD.md §4: random unit decoder rows, W_enc = W_dec^T, every bias zero."""
         w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
         self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
         self.W_enc.copy_(self.W_dec.T)
@@ -206,49 +205,6 @@ class SAE(nn.Module):
         }
         atomic_write(run_dir / WEIGHTS, lambda p: save_file(t, str(p)))
         atomic_write(run_dir / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2)))
-
-
-def atomic_write(path: Path, write, flag: str = "--out") -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file.
-    ``flag`` is the option a user changes to write elsewhere (named if the disk is full)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with disk_space(str(path), flag):
-            write(tmp)
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-class _WriteRecorder:
-    """A file wrapper that keeps the OSError of a failed write: torch.save swallows it and reports
-    only "unexpected pos", which would hide a full disk."""
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def write(self, data):
-        try:
-            return self.f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self):
-        self.f.flush()
-
-
-def torch_save(obj, path: Path) -> None:
-    """torch.save(obj, path), raising the OSError itself when a write fails."""
-    with open(path, "wb") as f:
-        out = _WriteRecorder(f)
-        try:
-            torch.save(obj, out)
-        except RuntimeError:
-            if out.error is not None:
-                raise out.error from None
-            raise
 
 
 def load_sae(run_dir: str | Path, normalised: bool = True) -> tuple[SAE, float]:

@@ -1,4 +1,4 @@
-"""SA-GSAE: the sign-aware gated SAE with the Bi-Jump-ReLU (PAPER.md §3-§4).
+"""SA-GSAE: the sign-aware gated SAE with the Bi-Jump-ReLU (docs/METHOD.md §3-§4).
 
     u  = (x - b_dec) W_enc                 pi = u + b_gate            theta = exp(log_threshold)
     g+ = H(pi - theta)                     g- = H(-pi - theta)        (at most one side open)
