@@ -24,7 +24,7 @@ import torch
 from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import HISTORY, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_json, torch_save
+from sagsae_cli.files import HISTORY, SAE_CFG, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_json, torch_save
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import ShuffledBatches
@@ -337,7 +337,10 @@ def snapshot_name(tokens: int) -> str:
 def snapshot_dirs(run_dir: Path) -> list[Path]:
     """A run's snapshots (directories holding cfg.json + weights), in training order."""
     d = Path(run_dir) / "checkpoints"
-    return sorted(p for p in d.glob(f"{SNAPSHOT_PREFIX}*") if p.is_dir()) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    done = (p for p in d.glob(f"{SNAPSHOT_PREFIX}*") if (p / SAE_WEIGHTS).exists() and (p / SAE_CFG).exists())
+    return sorted(done)  # a snapshot whose write was interrupted (full disk) is left out
 
 
 def snapshot_tokens(path: Path) -> int:
