@@ -183,6 +183,19 @@ def _tokens(text: str | int, flag: str = "--tokens", lo: int = 1) -> int:
     return int(value)
 
 
+def _batch_lr(tokens: int, batch: str, lr: str) -> tuple[int, float]:
+    """--batch and --lr: numbers, or `auto` (budget-aware: train.auto_batch and train.AUTO_LR)."""
+    from sagsae_cli.train import resolve_batch_lr
+
+    try:
+        b, r = resolve_batch_lr(tokens, batch, lr)
+    except ValueError:
+        raise SagsaeError(f"--batch and --lr take a number or auto (got {batch!r}, {lr!r})") from None
+    _check(b >= 1, f"--batch must be >= 1 (got {batch})")
+    _check(math.isfinite(r) and r > 0, f"--lr must be positive (got {lr})")
+    return b, r
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SagsaeError(message)
@@ -210,8 +223,12 @@ def train(
     ),
     seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
     tokens: str = typer.Option("50M", help="Training tokens per run (50M, 200k, 1e6 ...)."),
-    batch: int = typer.Option(4096, help="Tokens per batch."),
-    lr: float = typer.Option(3e-4, help="Base learning rate (thresholds get --threshold-lr-mult x)."),
+    batch: str = typer.Option(
+        "auto", help="Tokens per batch; auto: about 8,000 steps for --tokens (a power of two in 128-4096)."
+    ),
+    lr: str = typer.Option(
+        "auto", help="Base learning rate (auto: 2e-3); thresholds get --threshold-lr-mult x."
+    ),
     threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
     warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
@@ -265,19 +282,18 @@ def train(
     for flag, value in (
         ("--checkpoint-every", checkpoint_every),
         ("--log-every", log_every),
-        ("--batch", batch),
     ):
         _check(value >= 1, f"{flag} must be >= 1 (got {value})")
     _check(data_shards >= 0, f"--data-shards must be >= 0 (got {data_shards})")
     _check(snapshots >= 0 and warmup_steps >= 0, "--snapshots and --warmup-steps must be >= 0")
     for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
         _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
-    _check(math.isfinite(lr) and lr > 0, f"--lr must be positive (got {lr:g})")
     _check(
         theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
         "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
     )
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
+    batch, lr = _batch_lr(run_tokens, batch, lr)
     cfgs = []
     for v in [v.strip() for v in variant.split(",") if v.strip()]:
         is_topk = resolve(v) == "topk"
@@ -358,8 +374,8 @@ def ablate(
     target_l0: float = typer.Option(0.0, help="Adapt each run's coefficient to this L0 instead (0 = off)."),
     seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
     tokens: str = typer.Option("50M", help="Training tokens per run."),
-    batch: int = typer.Option(4096, help="Tokens per batch."),
-    lr: float = typer.Option(3e-4, help="Base learning rate."),
+    batch: str = typer.Option("auto", help="Tokens per batch (auto: about 8,000 steps for --tokens)."),
+    lr: str = typer.Option("auto", help="Base learning rate (auto: 2e-3)."),
     out: str = typer.Option("runs", help="Directory of run directories."),
     results: str = typer.Option("results", help="Results directory."),
     eval_tokens: str = typer.Option("100k", help="Held-out tokens per run."),
@@ -373,10 +389,12 @@ def ablate(
     from sagsae_cli.ablate import ablate as run_ablate
     from sagsae_cli.train import TrainConfig
 
-    _check(width >= 1 and batch >= 1 and lr > 0, "--width, --batch and --lr must be positive")
+    _check(width >= 1, "--width must be positive")
     _check(l1 >= 0 and target_l0 >= 0, "--l1 and --target-l0 must be >= 0")
     eval_tokens = _tokens(eval_tokens, "--eval-tokens")
-    base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=_tokens(tokens), batch=batch, lr=lr,
+    run_tokens = _tokens(tokens)
+    batch, lr = _batch_lr(run_tokens, batch, lr)
+    base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=run_tokens, batch=batch, lr=lr,
                        store=store)  # fmt: skip
     seed_list = _ints(seeds, "--seeds")
     table = run_ablate(

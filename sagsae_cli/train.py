@@ -26,9 +26,9 @@ from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import HISTORY, SAE_CFG, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_json, torch_save
 from sagsae_cli.metrics import R2, fired
-from sagsae_cli.progress import progress_bar
+from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import SAE, SAEConfig, build_sae, resolve
+from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, resolve
 from sagsae_cli.store import open_store
 
 
@@ -113,6 +113,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def l1_factor(step: int, cfg: TrainConfig) -> float:
     warm = int(cfg.steps * cfg.l1_warmup_frac)
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+
+# Budget-aware defaults (docs/METHOD.md §8): SA-GSAE needs optimizer steps more than tokens, so a
+# run's batch is chosen to give it about TARGET_STEPS steps, within [MIN_BATCH, MAX_BATCH].
+TARGET_STEPS = 8_000
+MIN_BATCH, MAX_BATCH = 128, 4096
+AUTO_LR = 2e-3  # every converged run of the convergence study used it (3e-4 ended dense at 2M tokens)
+FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE converges
+
+
+def auto_batch(tokens: int) -> int:
+    """The largest power of two <= tokens / TARGET_STEPS, clamped to [MIN_BATCH, MAX_BATCH]."""
+    want = max(1, tokens // TARGET_STEPS)
+    return int(min(MAX_BATCH, max(MIN_BATCH, 1 << (want.bit_length() - 1))))
+
+
+def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[int, float]:
+    """``--batch`` / ``--lr`` as given, or their budget-aware values for ``auto``."""
+    b = auto_batch(tokens) if str(batch).strip().lower() == "auto" else int(float(batch))
+    r = AUTO_LR if str(lr).strip().lower() == "auto" else float(lr)
+    return b, r
 
 
 L0_GAIN = 0.05  # target-L0 controller: log(coef) moves by this x the relative L0 error per step
@@ -425,6 +446,15 @@ def train(
         raise SagsaeError(f"--dtype must be auto, fp32 or bf16 (got {dtype!r})")
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
+    slow = sorted({c.variant for c in cfgs if ARCHITECTURES[resolve(c.variant)][0] == "sa-gsae"})
+    if world.main and slow and base.steps < FEW_STEPS and not quiet:
+        console.print(
+            f"[yellow]warning[/yellow]: {base.steps:,} optimizer steps ({base.tokens:,} tokens / batch "
+            f"{base.batch:,}) may stop {', '.join(slow)} before it converges (it needs more steps than the "
+            f"Gated SAE; docs/METHOD.md §8): use a smaller --batch (or --batch auto) or more --tokens, and "
+            "check with `sagsae eval --checkpoints`",
+            highlight=False,
+        )
     store = open_store(base.store)
     if not store.complete and not allow_incomplete:
         raise SagsaeError(
