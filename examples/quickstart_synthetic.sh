@@ -13,9 +13,9 @@ sagsae harvest --source synthetic --protocol A --tokens 1000000 --eval-tokens 10
 
 # 2. SA-half (SA-GSAE, width 48) and Gated-full (width 96), one pass over the data for all six runs.
 sagsae train --store "$OUT/store-A" --out "$OUT/runs" --variant sa-gsae --width 48 --l1 0.2,0.4,0.8 \
-  --tokens 2M --batch 1024 --lr 2e-3 --log-every 100
+  --tokens 2M --log-every 100
 sagsae train --store "$OUT/store-A" --out "$OUT/runs" --variant gated --width 96 --l1 0.2,0.4,0.8 \
-  --tokens 2M --batch 1024 --lr 2e-3 --log-every 100
+  --tokens 2M --log-every 100
 
 # 3. R², L0, dead fraction, census, axis recovery and latents per axis on held-out tokens.
 sagsae eval "$OUT"/runs/* --results "$OUT/results"

@@ -14,7 +14,7 @@ L1=${L1:-0.1,0.2,0.4}
 SEEDS=${SEEDS:-0,1}
 H=${H:-576}
 ABLATE_L1=${ABLATE_L1:-0.2}
-TRAIN=(--tokens "$TOKENS" --batch 1024 --lr 2e-3 --seeds "$SEEDS" --log-every 50)
+TRAIN=(--tokens "$TOKENS" --seeds "$SEEDS" --log-every 50)
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -30,7 +30,7 @@ done
 sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens "$EVAL_TOKENS" --lr-windows 16
 
 sagsae ablate --store "$OUT/stores/mlp_out" --width "$H" --l1 "$ABLATE_L1" --seeds 0 --tokens "$TOKENS" \
-  --batch 1024 --lr 2e-3 --eval-tokens "$EVAL_TOKENS" --out "$OUT/ablation" --results "$OUT/results-ablation"
+  --eval-tokens "$EVAL_TOKENS" --out "$OUT/ablation" --results "$OUT/results-ablation"
 
 sagsae compare --results "$OUT/results" --matched-l0 32
 for FIG in pareto dead census; do

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 TOKENS=${TOKENS:-200M}            # training tokens per run
 HARVEST_TOKENS=${HARVEST_TOKENS:-200000000}
 EVAL_TOKENS=${EVAL_TOKENS:-1000000}
+# the long-run recipe (dictionary_learning's): at 200M tokens it is ~49k steps. The budget-aware
+# defaults (--batch auto --lr auto) are measured only up to ~16k steps at batch <= 1024 (docs/METHOD.md §8)
+RECIPE=(--batch 4096 --lr 3e-4)
 EXPANSION_H=${EXPANSION_H:-8}     # SA-half width = EXPANSION_H x d; Gated-full = 2x that
 SEEDS=${SEEDS:-0,1,2}
 L1_SWEEP=${L1_SWEEP:-0.05,0.1,0.2,0.4,0.8}
@@ -34,17 +37,17 @@ for MODEL in pythia-1b smollm3-3b; do
     for VARIANT in sa-gsae gated; do
       W=$H; [ "$VARIANT" = gated ] && W=$((2 * H))
       $TRAIN --store "$STORE/$HOOK" --out "$RUNS" --variant "$VARIANT" --width "$W" --l1 "$L1_SWEEP" \
-        --seeds "$SEEDS" --tokens "$TOKENS"
+        --seeds "$SEEDS" --tokens "$TOKENS" "${RECIPE[@]}"
       $TRAIN --store "$STORE/$HOOK" --out "$RUNS" --variant "$VARIANT" --width "$W" --target-l0 64 \
-        --seeds "$SEEDS" --tokens "$TOKENS"
+        --seeds "$SEEDS" --tokens "$TOKENS" "${RECIPE[@]}"
     done
     # SA-GSAE at full width 2H (the SmolLM3-3B resid collapse; small theta0 + resets prevent it)
     $TRAIN --store "$STORE/$HOOK" --out "$RUNS" --variant sa-gsae --width $((2 * H)) --l1 "$L1_SWEEP" \
-      --seeds 0 --tokens "$TOKENS"
+      --seeds 0 --tokens "$TOKENS" "${RECIPE[@]}"
     sagsae eval "$RUNS"/* --results "$ROOT/results" --eval-tokens "$EVAL_TOKENS"
   done
   sagsae ablate --store "$STORE/mlp_out" --width "$H" --target-l0 64 --seeds "$SEEDS" --tokens "$TOKENS" \
-    --out "$ROOT/runs/$MODEL/ablation" --results "$ROOT/results"
+    "${RECIPE[@]}" --out "$ROOT/runs/$MODEL/ablation" --results "$ROOT/results"
 done
 
 sagsae compare --results "$ROOT/results" --matched-l0 64

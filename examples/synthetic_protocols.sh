@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=${ROOT:-out/synthetic}
 TOKENS=${TOKENS:-2M}
 L1=${L1:-0.2,0.4,0.8}
-COMMON=(--tokens "$TOKENS" --batch 1024 --lr 2e-3 --l1 "$L1" --quiet)
+COMMON=(--tokens "$TOKENS" --l1 "$L1" --quiet)
 . examples/_setup.sh
 
 cell() {  # cell NAME STORE-FLAGS...: harvest, then SA-GSAE@48 and Gated@96 (and the reverse widths for C)

@@ -138,3 +138,24 @@ def test_convergence_and_gap_by_tokens_from_tables():
     gaps = gap_by_tokens(snaps, final, matched_l0=4).set_index("tokens")
     # SA - Gated at equal L0: -0.35, -0.10, 0.0 at 100, 200, 300 tokens
     assert gaps.worst_gap.to_dict() == pytest.approx({100: -0.35, 200: -0.10, 300: 0.0})
+
+
+def test_target_l0_seeds_pool_into_one_point():
+    """Two seeds of a target-L0 run end with different adapted λ (l1_final) but one requested l1 and
+    one target: the comparison sees one point per target, the seed mean."""
+    import pandas as pd
+
+    from sagsae_cli.compare import compare, seed_means
+
+    rows = []
+    for variant, width, r2 in (("sa-gsae", 8, 0.8), ("gated", 16, 0.7)):
+        for target in (4.0, 16.0):
+            for seed, adapted in ((0, 0.31), (1, 0.47)):
+                rows.append({"model": "m", "hook": "h", "variant": variant, "width": width, "l1": 0.4,
+                             "l1_final": adapted * (1 + seed), "target_l0": target, "k": 0, "seed": seed,
+                             "l0": target * (1 + 0.01 * seed), "r2": r2 + 0.01 * seed + 0.02 * (target == 16),
+                             "dead_frac": 0.0, "bipolar_frac": 0.0})  # fmt: skip
+    points = seed_means(pd.DataFrame(rows))
+    assert len(points) == 4 and (points.seeds == 2).all()
+    verdict = compare(pd.DataFrame(rows), matched_l0=8).iloc[0]
+    assert verdict.dominates and verdict.points_a == 2

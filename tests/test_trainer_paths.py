@@ -165,3 +165,26 @@ def test_golden_end_to_end(store, tmp_path):
     for v, metrics in GOLDEN.items():
         for m, want in metrics.items():
             assert got[v][m] == pytest.approx(want, abs=1e-4), (v, m, got[v][m], "golden values moved:", got)
+
+
+def test_budget_aware_batch_and_lr():
+    from sagsae_cli.train import AUTO_LR, MAX_BATCH, MIN_BATCH, TARGET_STEPS, auto_batch, resolve_batch_lr
+
+    for tokens in (10**4, 150_000, 2 * 10**6, 4 * 10**6, 10**7, 5 * 10**7, 10**9):
+        b = auto_batch(tokens)
+        assert b & (b - 1) == 0 and MIN_BATCH <= b <= MAX_BATCH  # a power of two in range
+        if MIN_BATCH < b < MAX_BATCH:  # about TARGET_STEPS steps: between 1x and 2x of it
+            assert TARGET_STEPS <= tokens / b < 2 * TARGET_STEPS
+    assert auto_batch(150_000) == 128 and auto_batch(4 * 10**6) == 256 and auto_batch(10**9) == 4096
+    assert resolve_batch_lr(4 * 10**6, "auto", "auto") == (256, AUTO_LR)
+    assert resolve_batch_lr(4 * 10**6, "512", "1e-3") == (512, 1e-3)
+
+
+def test_short_sa_gsae_runs_are_warned(store, tmp_path):
+    p = run_cli(
+        "train", "--store", store, "--out", tmp_path, "--width", 8, "--tokens", "5k", "--batch", 500, check=0
+    )
+    assert "warning" in p.stderr + p.stdout and "10 optimizer steps" in p.stderr + p.stdout
+    p = run_cli("train", "--store", store, "--out", tmp_path, "--variant", "gated", "--width", 8, "--tokens", "5k",
+                "--batch", 500, check=0)  # fmt: skip
+    assert "warning" not in p.stderr + p.stdout  # the Gated SAE is not the slow one
