@@ -148,12 +148,12 @@ def test_target_l0_seeds_pool_into_one_point():
     from sagsae_cli.compare import compare, seed_means
 
     rows = []
-    for variant, width, r2 in (("sa-gsae", 8, 0.8), ("gated", 16, 0.7)):
+    for variant, width, r2_ in (("sa-gsae", 8, 0.8), ("gated", 16, 0.7)):
         for target in (4.0, 16.0):
             for seed, adapted in ((0, 0.31), (1, 0.47)):
                 rows.append({"model": "m", "hook": "h", "variant": variant, "width": width, "l1": 0.4,
                              "l1_final": adapted * (1 + seed), "target_l0": target, "k": 0, "seed": seed,
-                             "l0": target * (1 + 0.01 * seed), "r2": r2 + 0.01 * seed + 0.02 * (target == 16),
+                             "l0": target * (1 + 0.01 * seed), "r2": r2_ + 0.01 * seed + 0.02 * (target == 16),
                              "dead_frac": 0.0, "bipolar_frac": 0.0})  # fmt: skip
     points = seed_means(pd.DataFrame(rows))
     assert len(points) == 4 and (points.seeds == 2).all()
