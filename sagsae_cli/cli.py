@@ -268,7 +268,7 @@ def train(
 
     Rerun the same command to resume unfinished runs; finished runs are skipped.
     """
-    from sagsae_cli.sae import resolve
+    from sagsae_cli.sae import knob
     from sagsae_cli.store import open_store
     from sagsae_cli.train import TrainConfig
     from sagsae_cli.train import train as run_training
@@ -296,7 +296,7 @@ def train(
     batch, lr = _batch_lr(run_tokens, batch, lr)
     cfgs = []
     for v in [v.strip() for v in variant.split(",") if v.strip()]:
-        is_topk = resolve(v) == "topk"
+        is_topk = knob(v) == "k"  # sweeps k, not a sparsity coefficient
         targets = [] if is_topk else [t for t in _floats(target_l0, "--target-l0", lo=0) if t > 0]
         coefs = (
             _ints(k, "--k", lo=1)

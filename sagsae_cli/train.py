@@ -28,7 +28,7 @@ from sagsae_cli.files import HISTORY, SAE_CFG, SAE_WEIGHTS, TRAIN_CFG, atomic_wr
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, resolve
+from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, knob, resolve
 from sagsae_cli.store import open_store
 
 
@@ -71,7 +71,7 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        if resolve(self.variant) == "topk":
+        if knob(self.variant) == "k":
             coef = f"k{self.k}"
         elif self.target_l0 > 0:
             coef = f"l0_{self.target_l0:g}"
@@ -85,8 +85,8 @@ class TrainConfig:
             raise SagsaeError(f"--width must be positive (got {self.width})")
         if self.l1 < 0 or self.target_l0 < 0:
             raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
-        if resolve(self.variant) == "topk" and not 0 < self.k <= self.width:
-            raise SagsaeError(f"topk needs 0 < --k <= --width (got k={self.k}, width={self.width})")
+        if knob(self.variant) == "k" and not 0 < self.k <= self.width:
+            raise SagsaeError(f"{self.variant} needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
             raise SagsaeError("--tokens, --batch and --lr must be positive")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
@@ -241,12 +241,12 @@ class Run:
         cfg, sae = self.cfg, self.sae
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg)
-        sae.cfg.l1 = self.coef * l1_factor(self.step, cfg)
+        coef = self.coef * l1_factor(self.step, cfg)  # this step's coefficient, passed into the loss
         n = x.shape[0]
         self.opt.zero_grad(set_to_none=False)
         if n:
             with autocast:
-                out = sae(x)
+                out = sae(x, coef=coef)
             terms = {k: v.float() for k, v in out.losses.items()}
             loss = sum(terms.values())
             loss.backward()
@@ -286,8 +286,6 @@ class Run:
         self.step += 1
         return {"loss": loss_total, "x_hat": x_hat, "f": f, "terms": terms, "l0": l0_global}
 
-    TERMS = ("mse", "sparsity", "aux")
-
     def _reduce(self, n: int, loss: torch.Tensor, f: torch.Tensor, terms: dict):
         """Global (rows, mean loss, fired flags, active count, mean terms): row-weighted gradients,
         losses, L0 counts and fired flags are summed over ranks in one all-reduce."""
@@ -298,7 +296,7 @@ class Run:
         dev = self.world.device
         scalars = torch.tensor(
             [float(n), float(loss) * n, active]
-            + [float(terms[k]) * n if k in terms else 0.0 for k in self.TERMS],
+            + [float(terms[k]) * n if k in terms else 0.0 for k in self.sae.terms],
             device=dev,
         )
         flat = torch.cat([p.grad.reshape(-1) * n for p in params] + [scalars, fired(f).float().to(dev)])
@@ -310,7 +308,7 @@ class Run:
             p.grad.copy_(flat[i : i + p.numel()].view_as(p) / max(n_total, 1))
             i += p.numel()
         mean = (sums[: len(scalars)] / max(n_total, 1)).tolist()
-        out_terms = {k: mean[3 + j] for j, k in enumerate(self.TERMS) if k in terms or n == 0}
+        out_terms = {k: mean[3 + j] for j, k in enumerate(self.sae.terms) if k in terms or n == 0}
         return n_total, mean[1], sums[len(scalars) :] > 0, float(sums[2]), out_terms
 
     @torch.no_grad()

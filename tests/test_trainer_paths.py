@@ -53,8 +53,11 @@ def test_threshold_group_gets_its_multiple_and_lambda_warms_up(store, tmp_path):
     assert all(p is not run.sae.log_threshold for g in groups if g is not theta[0] for p in g["params"])
     run.train_step(sample[:500], torch.autocast("cpu", enabled=False))
     assert theta[0]["lr"] == pytest.approx(1e-2) and groups[0]["lr"] == pytest.approx(1e-3)
-    # lambda ramps linearly over the first 5% of the 40 steps (2 steps): half, then full
-    assert run.sae.cfg.l1 == pytest.approx(0.4 * 1 / 2)
+    # lambda ramps linearly over the first 5% of the 40 steps (2 steps): half, then full; the step's
+    # coefficient goes into the loss (forward's coef), the config keeps the requested one
+    assert run.sae.cfg.l1 == 0.4
+    out_half, out_full = run.sae(sample[:500], coef=0.2), run.sae(sample[:500])
+    assert float(out_full.losses["sparsity"]) == pytest.approx(2 * float(out_half.losses["sparsity"]))
     assert l1_factor(0, run.cfg) == 0.5 and l1_factor(1, run.cfg) == 1.0 and l1_factor(30, run.cfg) == 1.0
 
 

@@ -49,6 +49,11 @@ def resolve(name: str) -> str:
     return key
 
 
+def knob(name: str) -> str:
+    """The coefficient a variant sweeps: "l1" (a sparsity coefficient) or "k" (active latents)."""
+    return CLASSES[ARCHITECTURES[resolve(name)][0]].knob
+
+
 def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     """The SAE registered as ``name``, with its overrides applied to ``cfg``, initialised from ``seed``."""
     key = resolve(name)
@@ -59,4 +64,4 @@ def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     return sae
 
 
-__all__ = ["ARCHITECTURES", "SAE", "Output", "SAEConfig", "build_sae", "load_sae", "resolve"]
+__all__ = ["ARCHITECTURES", "SAE", "Output", "SAEConfig", "build_sae", "knob", "load_sae", "resolve"]

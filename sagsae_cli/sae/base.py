@@ -63,6 +63,8 @@ class SAE(nn.Module):
 
     saelens_architecture = "standard"
     threshold_params: tuple[str, ...] = ()  # parameters trained at 10x the base learning rate
+    knob = "l1"  # the sweep coefficient: "l1" (lambda, passed to forward as ``coef``) or "k" (TopK)
+    terms: tuple[str, ...] = ("mse", "sparsity")  # the loss terms forward() may return, in a fixed order
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -110,8 +112,13 @@ class SAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> Output:
+    def forward(self, x: torch.Tensor, coef: float | None = None) -> Output:
+        """Output with named loss terms; ``coef`` is this step's sparsity coefficient (the trainer's
+        schedule: warm-up, target-L0 controller), ``cfg.l1`` when None."""
         raise NotImplementedError
+
+    def coef(self, coef: float | None) -> float:
+        return self.cfg.l1 if coef is None else coef
 
     @staticmethod
     def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -95,10 +95,12 @@ class GatedFamily(SAE):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._code(self.pre(x))[0]
 
-    def forward(self, x: torch.Tensor) -> Output:
+    terms = ("mse", "sparsity", "aux")
+
+    def forward(self, x: torch.Tensor, coef: float | None = None) -> Output:
         f, s, l1 = self._code(self.pre(x))
         x_hat = self.decode(f)
-        losses = {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l1}
+        losses = {"mse": self.mse(x, x_hat), "sparsity": self.coef(coef) * l1}
         if self.cfg.alpha:  # the gate's own code reconstructs x through a frozen decoder
             losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
         return Output(x_hat, f, losses)

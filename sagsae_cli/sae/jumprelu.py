@@ -68,9 +68,9 @@ class JumpReLUSAE(SAE):
         z = self.pre(x) + self.b_enc
         return z * (z > self.log_threshold.exp())
 
-    def forward(self, x: torch.Tensor) -> Output:
+    def forward(self, x: torch.Tensor, coef: float | None = None) -> Output:
         z = self.pre(x) + self.b_enc
         theta = self.log_threshold.exp()
         f, l0 = _JumpReLU.apply(z, theta, self.cfg.bandwidth)
         x_hat = self.decode(f)
-        return Output(x_hat, f, {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * l0})
+        return Output(x_hat, f, {"mse": self.mse(x, x_hat), "sparsity": self.coef(coef) * l0})

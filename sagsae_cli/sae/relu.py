@@ -19,7 +19,7 @@ class ReLUSAE(SAE):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre(x) + self.b_enc)
 
-    def forward(self, x: torch.Tensor) -> Output:
+    def forward(self, x: torch.Tensor, coef: float | None = None) -> Output:
         f = self.encode(x)
         x_hat = self.decode(f)
-        return Output(x_hat, f, {"mse": self.mse(x, x_hat), "sparsity": self.cfg.l1 * f.sum(-1).mean()})
+        return Output(x_hat, f, {"mse": self.mse(x, x_hat), "sparsity": self.coef(coef) * f.sum(-1).mean()})

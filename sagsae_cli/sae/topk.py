@@ -11,6 +11,8 @@ from sagsae_cli.sae.base import SAE, Output, SAEConfig
 
 class TopKSAE(SAE):
     saelens_architecture = "topk"
+    knob = "k"  # no sparsity coefficient: ``coef`` is ignored
+    terms = ("mse", "aux")
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
@@ -26,7 +28,7 @@ class TopKSAE(SAE):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._topk(self.pre(x) + self.b_enc, self.cfg.k)
 
-    def forward(self, x: torch.Tensor) -> Output:
+    def forward(self, x: torch.Tensor, coef: float | None = None) -> Output:
         z = self.pre(x) + self.b_enc
         f = self._topk(z, self.cfg.k)
         x_hat = self.decode(f)

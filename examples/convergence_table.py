@@ -1,0 +1,38 @@
+"""Print the convergence study (examples/convergence_study.sh) as a Markdown table: per candidate,
+tokens to converge of SA-GSAE@H and Gated@2H (median and slowest over the sweep), their ratio, and
+the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis.
+
+    python examples/convergence_table.py out/convergence
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def main(root: str) -> None:
+    print(
+        "| candidate | SA ttc median | SA ttc slowest | Gated ttc median | Gated ttc slowest | ratio (slowest) "
+        "| final worst gap | dead ratio | SA latents/axis (λ 0.2/0.4/0.8) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for cand in sorted(
+        p for p in Path(root).iterdir() if (p / "results" / "compare" / "convergence.parquet").exists()
+    ):
+        res = cand / "results"
+        conv = pd.read_parquet(res / "compare" / "convergence.parquet")
+        cmp_ = pd.read_parquet(res / "compare" / "compare.parquet").iloc[0]
+        ev = pd.concat(pd.read_parquet(p) for p in (res / "eval").glob("*.parquet"))
+        sa, ga = conv[conv.variant == "sa-gsae"], conv[conv.variant == "gated"]
+        per_axis = ev[ev.variant == "sa-gsae"].sort_values("l1").latents_per_axis.round(2).tolist()
+        print(
+            f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
+            f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
+            f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} | {cmp_.worst_gap:+.4f} "
+            f"| {cmp_.dead_ratio_geomean:.2f}x | {' / '.join(map(str, per_axis))} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out/convergence")
