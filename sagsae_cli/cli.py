@@ -268,7 +268,7 @@ def train(
 
     Rerun the same command to resume unfinished runs; finished runs are skipped.
     """
-    from sagsae_cli.sae import knob
+    from sagsae_cli.ablate import sweep_configs
     from sagsae_cli.store import open_store
     from sagsae_cli.train import TrainConfig
     from sagsae_cli.train import train as run_training
@@ -294,27 +294,17 @@ def train(
     )
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     batch, lr = _batch_lr(run_tokens, batch, lr)
-    cfgs = []
-    for v in [v.strip() for v in variant.split(",") if v.strip()]:
-        is_topk = knob(v) == "k"  # sweeps k, not a sparsity coefficient
-        targets = [] if is_topk else [t for t in _floats(target_l0, "--target-l0", lo=0) if t > 0]
-        coefs = (
-            _ints(k, "--k", lo=1)
-            if is_topk
-            else (_floats(l1, "--l1", lo=0)[:1] if targets else _floats(l1, "--l1", lo=0))
-        )
-        for coef, target in [(c, t) for c in coefs for t in (targets or [0.0])]:
-            for seed in seed_list:
-                cfgs.append(
-                    TrainConfig(
-                        variant=v, width=width, l1=0.0 if is_topk else coef, k=int(coef) if is_topk else 0,
-                        target_l0=target, seed=seed, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
-                        threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0,
-                        init_l0=init_l0, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
-                        dead_window=dead_tokens, checkpoint_every=checkpoint_every,
-                        log_every=log_every, store=store,
-                    )
-                )  # fmt: skip
+    base = TrainConfig(
+        width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
+        threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
+        l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
+        dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
+    )  # fmt: skip
+    variants = [v.strip() for v in variant.split(",") if v.strip()]
+    cfgs = sweep_configs(
+        base, variants, l1=_floats(l1, "--l1", lo=0), k=_ints(k, "--k", lo=1),
+        target_l0=[t for t in _floats(target_l0, "--target-l0", lo=0) if t > 0], seeds=seed_list,
+    )  # fmt: skip
     dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype, wandb_project=wandb,
                         allow_incomplete=allow_incomplete)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":

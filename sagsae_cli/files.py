@@ -73,3 +73,28 @@ def torch_save(obj, path: Path) -> None:
             if out.error is not None:
                 raise out.error from None
             raise
+
+
+def lock_dir(path: Path, doing: str) -> int:
+    """Take an exclusive flock on ``path/.lock`` (created if needed) and write our pid into it; a
+    directory another process holds is one line saying so. Returns the fd for ``unlock``."""
+    import fcntl
+
+    fd = os.open(Path(path) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SagsaeError(
+            f"another process is {doing} {path}: wait for it to finish or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def unlock(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

@@ -10,7 +10,6 @@ at any instant leaves a store that reopens at its last commit.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -25,6 +24,7 @@ import zarr
 
 from sagsae_cli.errors import SagsaeError, disk_space
 from sagsae_cli.faults import fault_point
+from sagsae_cli.files import lock_dir, unlock
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
@@ -249,22 +249,11 @@ class StoreWriter:
             raise SagsaeError(f"{self.path} exists and is not an activation store: refusing to delete it")
 
     def _lock(self) -> None:
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SagsaeError(
-                f"another process is writing {self.path}: wait for it to finish or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = lock_dir(self.path, "writing")
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self):

@@ -24,7 +24,17 @@ import torch
 from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import HISTORY, SAE_CFG, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_json, torch_save
+from sagsae_cli.files import (
+    HISTORY,
+    SAE_CFG,
+    SAE_WEIGHTS,
+    TRAIN_CFG,
+    atomic_write,
+    lock_dir,
+    read_json,
+    torch_save,
+    unlock,
+)
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
@@ -374,27 +384,12 @@ class RunLocks:
         self.fds: list[int] = []
 
     def take(self, run_dir: Path) -> None:
-        import fcntl
-        import os
-
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SagsaeError(
-                f"another process is training {run_dir}: wait for it to finish or choose another --out"
-            ) from None
-        self.fds.append(fd)
+        self.fds.append(lock_dir(run_dir, "training"))
 
     def release(self) -> None:
-        import fcntl
-        import os
-
         for fd in self.fds:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            unlock(fd)
         self.fds.clear()
 
 
