@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sagsae_cli.errors import SagsaeError  # noqa: E402
-from sagsae_cli.files import HISTORY  # noqa: E402
+from sagsae_cli.files import HISTORY, TRAIN_CFG, read_json  # noqa: E402
 
 COLORS = {
     "sa-gsae": "#d62728",
@@ -149,7 +149,10 @@ def plot_training(run_dirs: list[str], out: str | Path) -> list[Path]:
               ("r2", "R² (training batch)")]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
     for name, h in hist:
-        color = COLORS.get(name.split("-w")[0])
+        variant = read_json(
+            Path(next(d for d in run_dirs if Path(d).name == name)) / TRAIN_CFG, "retrain it"
+        ).get("variant")
+        color = COLORS.get(variant)
         for ax, (col, label) in zip(axes, panels):
             if col in h:
                 ax.plot(h.tokens / 1e6, h[col], color=color, label=name, lw=1.2)
