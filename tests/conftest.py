@@ -22,6 +22,29 @@ def run_cli(*args, check=None, timeout=600, preexec_fn=None):
     return p
 
 
+def run_inproc(*args, capsys):
+    """`sagsae ARGS` in this process (no interpreter + torch start-up per call: the bad-input tests
+    make dozens of calls). Returns a CompletedProcess-like object; stdout/stderr via pytest's capsys."""
+    from sagsae_cli.cli import main
+
+    capsys.readouterr()  # drop what came before
+    argv, old_cols = sys.argv, os.environ.get("COLUMNS")
+    sys.argv, os.environ["COLUMNS"] = ["sagsae", *map(str, args)], "200"
+    try:
+        main()
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        if old_cols is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old_cols
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model, run_cli
+from conftest import make_tiny_model, run_cli, run_inproc
 from safetensors.torch import load_file, save_file
 
 from sagsae_cli.store import open_store
@@ -73,7 +73,7 @@ TRAIN = ["train", "--width", 12, "--tokens", "6k", "--batch", 500, "--quiet"]
         (["plot", "ablation", "--results", "RES"], ["sagsae ablate"]),  # not `sagsae ablation`
     ],
 )
-def test_numbers_and_flags(base, tmp_path, args, needles):
+def test_numbers_and_flags(base, tmp_path, args, needles, capsys):
     subs = {"RUN": base["run"], "EMPTY": tmp_path / "nothing", "RES": base["res"]}
     args = [subs.get(a, a) for a in args]
     if args[0] == "harvest":
@@ -81,11 +81,11 @@ def test_numbers_and_flags(base, tmp_path, args, needles):
     if args[0] == "train":
         args += ["--store", base["store"], "--out", tmp_path / "runs"]
     before = snapshot(base["root"])
-    one_line_error(run_cli(*args), *needles)
+    one_line_error(run_inproc(*args, capsys=capsys), *needles)
     assert snapshot(base["root"]) == before
 
 
-def test_outputs_that_cannot_be_written(base, tmp_path):
+def test_outputs_that_cannot_be_written(base, tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
     ro = tmp_path / "ro"
@@ -102,7 +102,7 @@ def test_outputs_that_cannot_be_written(base, tmp_path):
     if os.geteuid() != 0:  # root writes anywhere
         cases.append(([*TRAIN, "--store", base["store"], "--out", ro / "runs"], []))
     for args, needles in cases:
-        one_line_error(run_cli(*args), *needles)
+        one_line_error(run_inproc(*args, capsys=capsys), *needles)
     assert a_file.read_text() == "mine"
 
 
@@ -113,15 +113,17 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_damaged_inputs(base, tmp_path):
+def test_damaged_inputs(base, tmp_path, capsys):
     # a store with a deleted chunk file: refused, not read as zeros
     store = _copy(base["store"], tmp_path / "store")
     next((store / "train" / "acts" / "c").iterdir()).joinpath("0").unlink()
-    one_line_error(run_cli(*TRAIN, "--store", store, "--out", tmp_path / "r1"), "chunk", "--force")
+    one_line_error(
+        run_inproc(*TRAIN, "--store", store, "--out", tmp_path / "r1", capsys=capsys), "chunk", "--force"
+    )
     # a store array missing its metadata
     store2 = _copy(base["store"], tmp_path / "store2")
     (store2 / "train" / "acts" / "zarr.json").unlink()
-    one_line_error(run_cli(*TRAIN, "--store", store2, "--out", tmp_path / "r2"), "damaged")
+    one_line_error(run_inproc(*TRAIN, "--store", store2, "--out", tmp_path / "r2", capsys=capsys), "damaged")
     # a truncated weights file, an unreadable train_cfg.json, NaN weights: eval refuses each
     for damage, needle in (("truncate", "no readable SAE"), ("cfg", "train_cfg.json"), ("nan", "NaN")):
         run = _copy(base["run"], tmp_path / damage / base["run"].name)
@@ -134,7 +136,7 @@ def test_damaged_inputs(base, tmp_path):
             t = load_file(str(w))
             t["W_dec"][0, 0] = float("nan")
             save_file(t, str(w))
-        one_line_error(run_cli("eval", run, "--results", tmp_path / damage / "res"), needle)
+        one_line_error(run_inproc("eval", run, "--results", tmp_path / damage / "res", capsys=capsys), needle)
         assert not list((tmp_path / damage / "res" / "eval").glob("*.parquet"))
     # a binary file as --dataset
     binary = tmp_path / "corpus.txt"
@@ -199,7 +201,7 @@ def test_ctrl_c_says_how_to_resume(base, tmp_path, command):
     assert "Traceback" not in p.stderr
 
 
-def test_second_trainer_on_the_same_runs_is_refused(base, tmp_path):
+def test_second_trainer_on_the_same_runs_is_refused(base, tmp_path, capsys):
     locks = RunLocks()
     locks.take(tmp_path / "runs" / "sa-gsae-w12-l1_0.4-s0")  # as a running `sagsae train` holds it
     try:
