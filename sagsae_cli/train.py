@@ -444,8 +444,10 @@ def train(
         console.print(
             f"[yellow]warning[/yellow]: {base.steps:,} optimizer steps ({base.tokens:,} tokens / batch "
             f"{base.batch:,}) may stop {', '.join(slow)} before it converges (it needs more steps than the "
-            f"Gated SAE; docs/METHOD.md §8): use a smaller --batch (or --batch auto) or more --tokens, and "
-            "check with `sagsae eval --checkpoints`",
+            f"Gated SAE; docs/METHOD.md §8): "
+            + ("use --batch auto or a smaller --batch, or " if base.batch > MIN_BATCH else "")
+            + "give it more --tokens (several epochs of the store are fine), and check with "
+            "`sagsae eval --checkpoints`",
             highlight=False,
         )
     store = open_store(base.store)
