@@ -119,21 +119,21 @@ def evaluate(
         raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
     items = []  # (run dir, snapshot dir or None for the final SAE)
     for d in dirs:
-        finished = (d / SAE_WEIGHTS).exists()
-        if not finished and not (checkpoints and snapshot_dirs(d)):
+        finished, snaps = (d / SAE_WEIGHTS).exists(), (snapshot_dirs(d) if checkpoints else [])
+        if not finished and not snaps:
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
-        items += [(d, snap) for snap in (snapshot_dirs(d) if checkpoints else [])]
-        items += [(d, None)] if finished else []
+        items += [(d, snap) for snap in snaps] + ([(d, None)] if finished else [])
     if Path(results).exists() and not Path(results).is_dir():
         raise SagsaeError(f"--results {results} is a file, not a directory: choose another --results")
     tables = {name: Path(results) / name for name in ("eval", "census", "checkpoints")}
     rows, lms = [], {}
+    eval_rows = {d: _eval_rows(d) for d in dirs}  # one store open per run, not per snapshot
     with progress_bar("eval", total=len(items), unit="SAE", quiet=quiet) as bar:
         for d, snap in items:
             bar.note(f"{d.parent.name}/{d.name}" + (f" @ {snapshot_tokens(snap):,} tokens" if snap else ""))
             part = tables["checkpoints" if snap else "eval"] / part_name(d, snap)
             weights = snap or d
-            key = cache_key(weights, eval_tokens=min(eval_tokens, _eval_rows(d)),
+            key = cache_key(weights, eval_tokens=min(eval_tokens, eval_rows[d]),
                             bipolar_threshold=bipolar_threshold, lr_windows=0 if snap else lr_windows,
                             model=None if snap else model)  # fmt: skip
             old = None if force or not part.exists() else _read_part(part)

@@ -200,7 +200,7 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in (self.ckpt, self.dir / SAE_WEIGHTS, self.dir / HISTORY):
                 stale.unlink(missing_ok=True)
-            for snap in snapshot_dirs(self.dir):
+            for snap in (self.dir / "checkpoints").glob(f"{SNAPSHOT_PREFIX}*"):  # interrupted ones too
                 shutil.rmtree(snap)
             atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
 
@@ -232,19 +232,19 @@ class Run:
 
     def snapshot(self, norm_factor: float) -> None:
         """An SAE-only copy at this step (cfg.json + weights, loadable like a run) for convergence curves."""
-        if not self.world.main or self.step not in self.cfg.snapshot_steps:
-            return
-        self.sae.cfg.l1 = self.coef
-        self.sae.to("cpu").save(self.dir / "checkpoints" / snapshot_name(self.step * self.cfg.batch),
-                                norm_factor=norm_factor)  # fmt: skip
-        self.sae.to(self.world.device)
+        if self.world.main and self.step in self.cfg.snapshot_steps:
+            self._export(self.dir / "checkpoints" / snapshot_name(self.step * self.cfg.batch), norm_factor)
 
     def finish(self, norm_factor: float) -> None:
         if self.world.main:
-            self.sae.cfg.l1 = self.coef  # the coefficient the run ended with (target-L0 runs adapt it)
-            self.sae.to("cpu").save(self.dir, norm_factor=norm_factor)
-            self.sae.to(self.world.device)
+            self._export(self.dir, norm_factor)
         self.save_checkpoint()
+
+    def _export(self, path: Path, norm_factor: float) -> None:
+        """cfg.json + weights at ``path``, with the coefficient the run has now (target-L0 runs adapt it)."""
+        self.sae.cfg.l1 = self.coef
+        self.sae.to("cpu").save(path, norm_factor=norm_factor)
+        self.sae.to(self.world.device)
 
     # --- one optimiser step -------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, autocast) -> dict:
