@@ -326,6 +326,7 @@ def eval_cmd(
         help="Also evaluate every snapshot a run kept (unfinished runs too) into <results>/checkpoints.",
     ),
     force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
+    device: str = typer.Option("auto", help="Where the SAEs run: auto (CUDA when present), cpu or cuda."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
@@ -339,7 +340,8 @@ def eval_cmd(
     )
     _check(lr_windows >= 0, f"--lr-windows must be >= 0 (got {lr_windows})")
     frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
-                     lr_windows=lr_windows, model=model, quiet=quiet, checkpoints=checkpoints)  # fmt: skip
+                     lr_windows=lr_windows, model=model, quiet=quiet, checkpoints=checkpoints,
+                     device=device)  # fmt: skip
     if frame.empty:
         console.print(f"no run has finished yet: snapshots evaluated into {results}/checkpoints/")
         return

@@ -58,7 +58,15 @@ def pick_device(name: str) -> torch.device:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SagsaeError(
+            f"--device {name!r} is not a device: use auto, cpu or cuda (cuda:N for one GPU)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SagsaeError(f"--device {name} but no CUDA device is visible: use --device cpu or auto")
+    return dev
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:

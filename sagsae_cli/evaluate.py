@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from sagsae_cli.distributed import pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import SAE_WEIGHTS, TRAIN_CFG, atomic_write
@@ -28,10 +29,11 @@ from sagsae_cli.train import snapshot_dirs, snapshot_tokens
 
 def evaluate_run(
     run_dir: Path, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None,
-    weights: Path | None = None,
+    weights: Path | None = None, device: str | torch.device = "cpu",
 ):  # fmt: skip
     """(summary row, per-latent census table) of one run on its store's eval split; ``weights``: a
-    snapshot directory of the run to evaluate instead of its final SAE."""
+    snapshot directory of the run to evaluate instead of its final SAE. The SAE and the metric sums run
+    on ``device``; loss recovered runs the model on the CPU."""
     train_cfg = read_train_cfg(run_dir)
     store = run_store(run_dir)
     store_path = store.path
@@ -43,10 +45,12 @@ def evaluate_run(
     if n == 0:
         raise SagsaeError(f"store {store_path} has no eval rows: harvest it again with --eval-tokens > 0")
     store.check_chunks()
-    r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
-    census = Census(sae.cfg.d_sae)
+    sae.to(device)
+    r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device), 0.0
+    census = Census(sae.cfg.d_sae, device=device)
     with torch.no_grad():
         for x in sequential_batches(store, "eval", batch, max_rows=n):
+            x = x.to(device)
             f = sae.encode(x)
             x_hat = sae.decode(f)
             r2.update(x, x_hat)
@@ -83,9 +87,9 @@ def evaluate_run(
     row.update(census_summary(census_table, bipolar_threshold))
     truth = store.truth()
     if truth is not None:
-        axes = torch.from_numpy(truth["axes"])
-        row["axis_recovery"] = axis_recovery(sae.W_dec.detach(), axes, live)
-        row["latents_per_axis"] = latents_per_axis(sae.W_dec.detach(), axes, live)
+        axes, w_dec, live = torch.from_numpy(truth["axes"]), sae.W_dec.detach().cpu(), live.cpu()
+        row["axis_recovery"] = axis_recovery(w_dec, axes, live)
+        row["latents_per_axis"] = latents_per_axis(w_dec, axes, live)
     if lm is not None:
         row.update(_loss_recovered(weights or run_dir, store, *lm))
     census_table.insert(0, "run", run_dir.name)
@@ -109,7 +113,7 @@ def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) ->
 def evaluate(
     run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False,
     bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None, quiet: bool = False,
-    checkpoints: bool = False,
+    checkpoints: bool = False, device: str = "cpu",
 ):  # fmt: skip
     """Evaluate every finished run into ``<results>/eval``; with ``checkpoints`` also every snapshot
     a run kept (unfinished runs included) into ``<results>/checkpoints`` (the same columns, one row
@@ -127,6 +131,7 @@ def evaluate(
         raise SagsaeError(f"--results {results} is a file, not a directory: choose another --results")
     tables = {name: Path(results) / name for name in ("eval", "census", "checkpoints")}
     rows, lms = [], {}
+    dev = pick_device(device)
     eval_rows = {d: _eval_rows(d) for d in dirs}  # one store open per run, not per snapshot
     with progress_bar("eval", total=len(items), unit="SAE", quiet=quiet) as bar:
         for d, snap in items:
@@ -142,7 +147,7 @@ def evaluate(
             else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
                 lm = None if snap else _lm_for(d, lr_windows, model, lms)
                 row, census = evaluate_run(
-                    d, eval_tokens, bipolar_threshold=bipolar_threshold, lm=lm, weights=snap
+                    d, eval_tokens, bipolar_threshold=bipolar_threshold, lm=lm, weights=snap, device=dev
                 )
                 row["cache_key"] = key
                 if not snap:

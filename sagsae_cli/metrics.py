@@ -75,8 +75,8 @@ def latents_per_axis(
 class Census:
     """Per-latent counts and masses on each sign, accumulated over batches."""
 
-    def __init__(self, n_latents: int):
-        z = lambda: torch.zeros(n_latents, dtype=torch.float64)
+    def __init__(self, n_latents: int, device: str | torch.device = "cpu"):
+        z = lambda: torch.zeros(n_latents, dtype=torch.float64, device=device)
         self.n_pos, self.n_neg, self.mass_pos, self.mass_neg = z(), z(), z(), z()
 
     def update(self, f: torch.Tensor) -> None:
@@ -90,15 +90,18 @@ class Census:
         """One row per latent: n+, n-, mass+, mass-, minority share."""
         import pandas as pd
 
-        total = self.n_pos + self.n_neg
-        minority = torch.where(total > 0, torch.minimum(self.n_pos, self.n_neg) / total.clamp_min(1), 0.0)
+        n_pos, n_neg, mass_pos, mass_neg = (
+            t.cpu() for t in (self.n_pos, self.n_neg, self.mass_pos, self.mass_neg)
+        )
+        total = n_pos + n_neg
+        minority = torch.where(total > 0, torch.minimum(n_pos, n_neg) / total.clamp_min(1), 0.0)
         return pd.DataFrame(
             {
                 "latent": range(len(total)),
-                "n_pos": self.n_pos.long().numpy(),
-                "n_neg": self.n_neg.long().numpy(),
-                "mass_pos": self.mass_pos.numpy(),
-                "mass_neg": self.mass_neg.numpy(),
+                "n_pos": n_pos.long().numpy(),
+                "n_neg": n_neg.long().numpy(),
+                "mass_pos": mass_pos.numpy(),
+                "mass_neg": mass_neg.numpy(),
                 "minority_share": minority.numpy(),
             }
         )

@@ -26,6 +26,7 @@ COLORS = {
     "jumprelu": "#9467bd",
 }
 LABELS = {"sa-gsae": "SA-GSAE (tied)", "gated": "Gated SAE"}
+STYLES = ["-", "--", ":", "-."]  # line style per width of one architecture, narrowest first
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -203,22 +204,27 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
         ax = row[0]
         g = None if gaps is None else gaps[(gaps.model == model) & (gaps.hook == hook)]
         if g is not None and len(g):
-            ax.plot(g.tokens / 1e6, g.worst_gap, "o-", color="#333333", lw=1.8, ms=4)
+            ends = []
+            for i, ((a, b), pair) in enumerate(g.groupby(["a", "b"], sort=False)):  # one line per A@H vs B@2H
+                pair = pair.sort_values("tokens")
+                ax.plot(pair.tokens / 1e6, pair.worst_gap, "o" + STYLES[i % len(STYLES)], color="#333333", lw=1.8,
+                        ms=4, label=f"{a} vs {b}")  # fmt: skip
+                ends.append(f"{a} vs {b}: worst gap {pair.worst_gap.iloc[-1]:+.3f} at the end")
             ax.axhline(-0.025, color="#d62728", ls=":", lw=1, label="paper's tolerance (-0.025)")
             ax.axhline(0, color="#999999", lw=0.8)
-            last = g.sort_values("tokens").iloc[-1]
-            ax.set_title(f"{model} · {hook}\n{last.a} vs {last.b}: worst gap {last.worst_gap:+.3f} at the end",
-                         fontsize=9)  # fmt: skip
+            ax.set_title(f"{model} · {hook}\n" + "\n".join(ends), fontsize=9)
             ax.legend(fontsize=8)
         else:
             ax.set_title(f"{model} · {hook}\n(no token count with snapshots of both sides)", fontsize=9)
         ax.set_ylabel("worst R² gap over the L0 overlap")
+        widths = {v: sorted(w.width.unique()) for v, w in cell.groupby("variant")}
         for _, r in cell.groupby("run_dir"):
             r = r.sort_values("tokens")
-            v = r.variant.iloc[0]
-            label = f"{LABELS.get(v, v)} w{r.width.iloc[0]}"
+            v, w = r.variant.iloc[0], r.width.iloc[0]
+            style = STYLES[widths[v].index(w) % len(STYLES)]  # solid for the narrowest width, then dashed
             for ax, col in ((row[1], "r2"), (row[2], "l0")):
-                ax.plot(r.tokens / 1e6, r[col], "-", color=COLORS.get(v), lw=1.2, alpha=0.8, label=label)
+                ax.plot(r.tokens / 1e6, r[col], style, color=COLORS.get(v), lw=1.2, alpha=0.8,
+                        label=f"{LABELS.get(v, v)} w{w}")  # fmt: skip
         row[1].set_ylabel("held-out R²")
         row[2].set_ylabel("held-out L0 (log scale)")
         row[2].set_yscale("log")

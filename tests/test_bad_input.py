@@ -68,6 +68,8 @@ TRAIN = ["train", "--width", 12, "--tokens", "6k", "--batch", 500, "--quiet"]
         ([*TRAIN, "--l1-warmup", 2], ["--l1-warmup"]),
         (["eval", "RUN", "--eval-tokens", 0], ["--eval-tokens"]),
         (["eval", "RUN", "--bipolar-threshold", 2], ["--bipolar-threshold"]),
+        (["eval", "RUN", "--results", "RES", "--force", "--device", "tpu9"], ["--device", "cpu"]),
+        ([*TRAIN, "--device", "gpu"], ["--device", "cpu"]),
         (["compare", "--matched-l0", -1], ["--matched-l0"]),
         (["plot", "pareto", "--results", "EMPTY"], ["sagsae eval"]),
         (["plot", "ablation", "--results", "RES"], ["sagsae ablate"]),  # not `sagsae ablation`
