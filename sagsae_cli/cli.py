@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -20,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="Inspect activation stores.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect, import and export activation stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
 
@@ -498,6 +499,57 @@ def plot(
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
+@app.command()
+def browse(
+    runs: list[str] = typer.Argument(
+        ..., help="Run directories (two with --compare: A signed, B one-signed)."
+    ),
+    out: str = typer.Option(
+        "site", "--out", "-o", help="Directory for the site (built aside, then moved in)."
+    ),
+    store: Optional[str] = typer.Option(
+        None, help="Store to read (default: the one each run was trained on)."
+    ),
+    tokens: Optional[str] = typer.Option(
+        None, help="Held-out tokens to stream (default: the whole eval split)."
+    ),
+    top: int = typer.Option(10, help="Top activating contexts kept per latent and sign (1-1000)."),
+    latents: Optional[str] = typer.Option(None, help="Only these latents in the site, e.g. 0-99,512."),
+    compare: bool = typer.Option(
+        False,
+        help="RUN_A RUN_B: for each bipolar latent of A, the latents of B matching its + and − directions.",
+    ),
+    device: str = typer.Option("auto", help="Where the SAEs run: auto (CUDA when present), cpu or cuda."),
+    force: bool = typer.Option(False, help="Replace a site already in --out."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """A feature browser: per latent and sign, top contexts, activation histograms and logit effects,
+    as features.parquet and a static site (open <out>/index.html; no server, no network)."""
+    from sagsae_cli.browse import browse as run_browse
+    from sagsae_cli.distributed import pick_device
+
+    _check(1 <= top <= 1000, f"--top must lie between 1 and 1000 (got {top})")
+    n = None if tokens is None else _tokens(tokens, "--tokens")
+    keep = None if latents is None else _latent_list(latents)
+    index = run_browse(runs, out, store=store, tokens=n, top_k=top, compare=compare, force=force,
+                       device=pick_device(device), quiet=quiet, latents=keep)  # fmt: skip
+    console.print(f"site: {index} (open it in a browser); table: {Path(out) / 'features.parquet'}")
+
+
+def _latent_list(text: str) -> list[int]:
+    """0-99,512 -> [0, ..., 99, 512]."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise SagsaeError(f"--latents takes indices and ranges such as 0-99,512 (got {text!r})") from None
+        _check(0 <= a <= b, f"--latents: {part.strip()!r} is not a range of latent indices")
+        out += range(a, b + 1)
+    return sorted(set(out))
+
+
 def _print_info(path: str) -> None:
     from sagsae_cli.store import open_store
 
@@ -520,6 +572,55 @@ def _print_info(path: str) -> None:
 def store_info(path: str = typer.Argument(..., help="Store directory.")) -> None:
     """Shape, splits, dtype, metadata, disk size and normalisation factor of a store."""
     _print_info(path)
+
+
+@store_app.command("import")
+def store_import(
+    src: str = typer.Argument(
+        ..., help=".npy/.npz/.safetensors file, a directory of them, or a datasets directory."
+    ),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Store directory to write (resumes an interrupted import)."
+    ),
+    split_eval: float = typer.Option(
+        0.05, help="Share of rows (of contexts, for (contexts, seq, d) sources) held out."
+    ),
+    column: Optional[str] = typer.Option(None, help="Array name in .npz/.safetensors, or datasets column."),
+    dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
+    max_norm_ratio: float = typer.Option(10.0, help="Drop rows above this x the median norm (0 = keep all)."),
+    model: str = typer.Option("", help="Model name to record (SAELens cfg.json model_name)."),
+    hook_name: str = typer.Option("", help="Hook name to record, e.g. blocks.6.hook_resid_pre."),
+    force: bool = typer.Option(False, help="Delete an existing store at --out first."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Activations made elsewhere (SAELens cached activations, nnsight .npy, ...) into a store, streamed
+    in slices with bounded memory; the first --split-eval of the rows becomes the eval split."""
+    from sagsae_cli.importer import import_store
+
+    _check(0 <= split_eval < 1, f"--split-eval is a share in [0, 1) (got {split_eval:g})")
+    _check(
+        math.isfinite(max_norm_ratio) and max_norm_ratio >= 0,
+        f"--max-norm-ratio must be >= 0 (got {max_norm_ratio:g})",
+    )
+    path = import_store(src, out, split_eval=split_eval, column=column, dtype=dtype, max_norm_ratio=max_norm_ratio,
+                        model=model, hook_name=hook_name, force=force, quiet=quiet)  # fmt: skip
+    _print_info(str(path))
+
+
+@store_app.command("export")
+def store_export(
+    path: str = typer.Argument(..., help="Store directory."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for train.npy and eval.npy."),
+    to: str = typer.Option("npy", help="Format (npy: float32, the stored units, not normalised)."),
+    force: bool = typer.Option(False, help="Replace existing train.npy / eval.npy."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """A store's splits as .npy files (the way back from `store import`)."""
+    from sagsae_cli.importer import export_store
+
+    _check(to == "npy", f"--to {to!r} is not supported: use npy")
+    for p in export_store(path, out, force=force, quiet=quiet):
+        console.print(f"wrote {p}")
 
 
 def main() -> None:

@@ -232,10 +232,6 @@ def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):
     store = run_store(run_dir)
     if store.meta.get("source") != "lm":
         return None
-    name = override or store.meta.get("model_source") or store.meta["model"]
-    if name not in cache:
-        from sagsae_cli.models import load_model
+    from sagsae_cli.models import store_model
 
-        model, tok, _ = load_model(name, store.meta.get("revision"))
-        cache[name] = (model, tok)
-    return (*cache[name], lr_windows)
+    return (*store_model(store, cache, override), lr_windows)

@@ -284,3 +284,12 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
             "config.json, the weights and its tokenizer files (tokenizer.json or tokenizer.model)"
         ) from None
     return model.to(device).eval(), tok, src
+
+
+def store_model(store, cache: dict, override: str | None = None):
+    """(model, tokenizer) that produced an LM store (or ``override``), loaded once per name into ``cache``."""
+    name = override or store.meta.get("model_source") or store.meta["model"]
+    if name not in cache:
+        model, tok, _ = load_model(name, store.meta.get("revision"))
+        cache[name] = (model, tok)
+    return cache[name]
