@@ -127,9 +127,9 @@ const SAGSAE = (() => {
       r.append(t);
       svg.append(r);
     });
-    for (const [i, label] of [[1, fmt(edges[0])], [n - 1, fmt(edges[edges.length - 1])]]) {
+    for (const [x, anchor, label] of [[bw, "start", `${fmt(edges[0])}`], [w, "end", `${fmt(edges[edges.length - 1])} |a|`]]) {
       const t = document.createElementNS(svg.namespaceURI, "text");
-      t.setAttribute("x", i * bw); t.setAttribute("y", ht + 12); t.textContent = label;
+      t.setAttribute("x", x); t.setAttribute("y", ht + 12); t.setAttribute("text-anchor", anchor); t.textContent = label;
       svg.append(t);
     }
     return svg;
