@@ -14,6 +14,7 @@ from rich.table import Table
 from sagsae_cli import __version__
 from sagsae_cli.errors import PeerError, SagsaeError, disk_space
 from sagsae_cli.progress import console
+from sagsae_cli.variants import ARCHITECTURES
 
 app = typer.Typer(
     help="Sign-Aware Gated SAEs (arXiv 2605.28149): harvest -> train -> eval -> plot, through files.",
@@ -207,9 +208,7 @@ def train(
     store: str = typer.Option(..., "--store", "-s", help="Activation store (from `sagsae harvest`)."),
     out: str = typer.Option("runs", "--out", "-o", help="Directory of run directories."),
     variant: str = typer.Option(
-        "sa-gsae",
-        help="sa-gsae (tied), sa-gsae-untied, gated, relu, topk, jumprelu, "
-        "no-aux, one-sided, no-reset; comma-separated for several.",
+        "sa-gsae", help=f"{', '.join(ARCHITECTURES)}; comma-separated for several."
     ),  # fmt: skip
     width: Optional[int] = typer.Option(None, help="Dictionary width H (latents)."),
     expansion: Optional[float] = typer.Option(

@@ -19,7 +19,7 @@ from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import SAE_WEIGHTS, TRAIN_CFG, atomic_write
 from sagsae_cli.files import train_cfg as read_train_cfg
-from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, latents_per_axis
+from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, fired, latents_per_axis
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
@@ -57,7 +57,7 @@ def evaluate_run(
             sse += float((x - x_hat).pow(2).sum())
             nz = f != 0
             active += int(nz.sum())
-            live |= nz.any(0)
+            live |= fired(f)
             census.update(f)
     row = {
         "run": run_dir.name,

@@ -189,7 +189,9 @@ def _slices(sources: list[Source], n_eval: int, chunk: int):
 
 
 def _validated(s: Source, start: int, stop: int, cur: dict, max_norm_ratio: float) -> np.ndarray:
-    x = np.asarray(s.read(start, stop), dtype=np.float32)
+    x = np.array(
+        s.read(start, stop), dtype=np.float32
+    )  # a writable copy of one slice (sources may be read-only maps)
     bad = ~np.isfinite(x).all(1)
     if bad.any():
         raise SagsaeError(

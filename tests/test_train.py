@@ -9,8 +9,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.metrics import R2, axis_recovery, l0, latents_per_axis
-from sagsae_cli.sae import load_sae
+from sagsae_cli.evaluate import evaluate_run
 from sagsae_cli.store import open_store
 from sagsae_cli.train import TrainConfig, lr_factor, train
 
@@ -24,19 +23,11 @@ def synth(tmp_path_factory):
 
 
 def evaluate(run_dir, store):
-    sae, _ = load_sae(run_dir)
-    x = store.read("eval", 0, 20_000, normalise=True)
-    with torch.no_grad():
-        f = sae.encode(x)
-        r2 = R2()
-        r2.update(x, sae.decode(f))
-    live = (f != 0).any(0)
-    axes = torch.from_numpy(store.truth()["axes"])
-    return {
-        "r2": r2.value(), "l0": l0(f), "dead": 1 - live.float().mean().item(),
-        "recovery": axis_recovery(sae.W_dec.detach(), axes, live),
-        "per_axis": latents_per_axis(sae.W_dec.detach(), axes, live),
-    }  # fmt: skip
+    """The eval table's numbers for one run (the same code path as `sagsae eval`)."""
+    row, _ = evaluate_run(run_dir, 20_000)
+    assert row["eval_tokens"] == 20_000 and row["model"] == store.meta["model"]
+    return {"r2": row["r2"], "l0": row["l0"], "dead": row["dead_frac"], "recovery": row["axis_recovery"],
+            "per_axis": row["latents_per_axis"]}  # fmt: skip
 
 
 def test_quality_gate_protocol_a(synth, tmp_path):

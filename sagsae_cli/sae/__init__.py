@@ -1,7 +1,7 @@
 """SAE architectures behind one registry: ``build_sae(name, cfg)``.
 
-Each name is an architecture class plus config overrides, so the paper's ablations are registry
-entries, not copies of code.
+``CLASSES`` maps architecture names to classes; the variant names (an architecture plus config
+overrides, so the paper's ablations are entries, not copies of code) live in ``sagsae_cli.variants``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sagsae_cli.sae.jumprelu import JumpReLUSAE
 from sagsae_cli.sae.relu import ReLUSAE
 from sagsae_cli.sae.sign_aware import SignAwareSAE
 from sagsae_cli.sae.topk import TopKSAE
+from sagsae_cli.variants import ALIASES, ARCHITECTURES
 
 CLASSES: dict[str, type[SAE]] = {
     "sa-gsae": SignAwareSAE,
@@ -25,20 +26,6 @@ CLASSES: dict[str, type[SAE]] = {
     "topk": TopKSAE,
     "jumprelu": JumpReLUSAE,
 }
-
-# name -> (architecture class name, config overrides)
-ARCHITECTURES: dict[str, tuple[str, dict]] = {
-    "sa-gsae": ("sa-gsae", {"tied": True}),
-    "sa-gsae-untied": ("sa-gsae", {"tied": False}),
-    "no-aux": ("sa-gsae", {"alpha": 0.0}),
-    "one-sided": ("sa-gsae", {"one_sided": True}),
-    "no-reset": ("sa-gsae", {"reset": False}),
-    "gated": ("gated", {}),
-    "relu": ("relu", {}),
-    "topk": ("topk", {}),
-    "jumprelu": ("jumprelu", {}),
-}
-ALIASES = {"tied": "sa-gsae", "untied": "sa-gsae-untied", "sagsae": "sa-gsae", "standard": "relu"}
 
 
 def resolve(name: str) -> str:
