@@ -23,7 +23,6 @@ def fault_point(event: str) -> None:
     _counts[event] = _counts.get(event, 0) + 1
     if _counts[event] == int(parts[1]):
         sig = getattr(signal, f"SIG{parts[2].upper()}") if len(parts) > 2 else signal.SIGKILL
-        # to this thread, and its Python handler runs before raise_signal returns: a signal sent to the
-        # process (os.kill) may land on a worker thread (zarr's event loop, a reader's prefetch) and
-        # reach the main thread's handler only later, at a point that depends on the machine's load
+        # to this thread, so its Python handler runs before raise_signal returns (os.kill targets the
+        # process, and a worker thread may take the signal first)
         signal.raise_signal(sig)

@@ -196,9 +196,10 @@ def test_ctrl_c_says_how_to_resume(base, tmp_path, command):
     else:
         args, fault = ["eval", base["run"], "--results", tmp_path / "res", "--checkpoints"], "eval:1:int"
     env = {**os.environ, "SAGSAE_FAULT": fault}
-    p = subprocess.run(
-        [sys.executable, "-m", "sagsae_cli", *map(str, args)], env=env, capture_output=True, text=True
-    )
+    # a test runner started in the background by a non-interactive shell inherits SIGINT ignored (POSIX),
+    # and Python then installs no KeyboardInterrupt handler: give the command the terminal's default
+    p = subprocess.run([sys.executable, "-m", "sagsae_cli", *map(str, args)], env=env, capture_output=True,
+                       text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert p.returncode == 130 and "rerun the same command to resume" in p.stderr + p.stdout
     assert "Traceback" not in p.stderr
 

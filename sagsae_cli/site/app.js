@@ -99,7 +99,11 @@ const SAGSAE = (() => {
 
   function showLatent(rid, lat) {
     const c = Math.floor(lat / state.manifest.chunk), key = `${rid}-${c}`;
-    const draw = () => renderLatent(rid, lat, state.chunks[key][lat]);
+    const draw = () => {
+      const d = state.chunks[key][lat];
+      if (d) renderLatent(rid, lat, d);
+      else $("#detail").replaceChildren(el("p", { class: "hint", text: `Latent ${lat} is not in this site (see --latents).` }));
+    };
     if (state.chunks[key]) draw(); else { state.waiting[`c${key}`] = draw; load(`data/${key}.js`); }
   }
 
