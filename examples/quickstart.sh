@@ -21,9 +21,9 @@ sagsae harvest --model smollm2-135m --hook resid_mid,mlp_out --dataset shakespea
 
 for HOOK in resid_mid mlp_out; do
   sagsae train --store "$OUT/stores/$HOOK" --out "$OUT/runs/$HOOK" --variant sa-gsae --width 576 --l1 "$L1" \
-    --tokens "$TOKENS" --log-every 50 --snapshots 4
+    --tokens "$TOKENS" --log-every 50 --snapshots 2
   sagsae train --store "$OUT/stores/$HOOK" --out "$OUT/runs/$HOOK" --variant gated --width 1152 --l1 "$L1" \
-    --tokens "$TOKENS" --log-every 50 --snapshots 4
+    --tokens "$TOKENS" --log-every 50 --snapshots 2
 done
 
 sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens 20000 --lr-windows 8 --checkpoints
