@@ -385,10 +385,3 @@ def _check_store(run_dir: Path, store) -> None:
                 f"{run_dir.name} was trained on {key.split('_')[0]} {want} but the store {store.path} holds {have}: "
                 "give the run's own store with --store"
             )
-    if store.rows("eval") == 0:
-        raise SagsaeError(f"store {store.path} has no eval rows: harvest it again with --eval-tokens > 0")
-
-
-def site_manifest(out: Path) -> dict:
-    """The runs a site was built from (its marker file)."""
-    return read_json(Path(out) / SITE_MARK, "build the site again with `sagsae browse ... --force`")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -234,10 +233,3 @@ def export_store(
             del arr
             tmp.replace(path)
     return paths
-
-
-def iter_rows(sources: list[Source]) -> Iterator[np.ndarray]:
-    """Every row of the sources in order, in slices (for tests and callers that want the raw data)."""
-    for s in sources:
-        for start in range(0, s.rows, CHUNK_ROWS):
-            yield s.read(start, min(start + CHUNK_ROWS, s.rows))
