@@ -233,6 +233,9 @@ def test_site_in_headless_chromium(lm, tmp_path):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(
+            600_000
+        )  # waits are for events; the bound only stops a hang, not a slow machine
         errors, requests = [], []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
