@@ -29,6 +29,11 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     l1warm20) echo "--batch 1024 --lr 2e-3 --l1-warmup 0.2" ;;
     thr50) echo "--batch 1024 --lr 2e-3 --threshold-lr-mult 50" ;;
     theta01) echo "--batch 1024 --lr 2e-3 --theta0 0.1" ;;
+    # the same changes on top of batch 256 (what --batch auto picks for this budget), and its 2nd seed
+    b256-s1) echo "--batch 256 --lr 2e-3 --seeds 1" ;;
+    b256-thr50) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 50" ;;
+    b256-theta01) echo "--batch 256 --lr 2e-3 --theta0 0.1" ;;
+    b256-l1warm0) echo "--batch 256 --lr 2e-3 --l1-warmup 0" ;;
     *) "$1"_flags ;;
   esac
 }

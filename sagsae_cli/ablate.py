@@ -13,6 +13,7 @@ import pandas as pd
 
 from sagsae_cli.evaluate import evaluate
 from sagsae_cli.files import atomic_write
+from sagsae_cli.location import Location
 from sagsae_cli.sae import knob
 from sagsae_cli.train import TrainConfig, train
 
@@ -55,7 +56,7 @@ def ablate(base: TrainConfig, seeds: list[int], out: str, results: str, eval_tok
     ref = table[table.label == f"sa-gsae@{base.width}"][cols].mean()
     for col in cols:
         table[f"delta_{col}"] = table[col] - ref[col]
-    path = Path(results) / "ablation" / f"{Path(base.store).name}-w{base.width}.parquet"
+    path = Path(results) / "ablation" / f"{Location(base.store).name}-w{base.width}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: table.to_parquet(p, index=False), flag="--results")
     return table

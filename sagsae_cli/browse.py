@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.evaluate import run_store
+from sagsae_cli.evaluate import eval_rows_for, run_store
 from sagsae_cli.files import SAE_CFG, TRAIN_CFG, read_json, train_cfg
 from sagsae_cli.metrics import Census
 from sagsae_cli.models import store_model
@@ -70,14 +70,8 @@ def collect(run_dir: Path, store, n_tokens: int, top_k: int, batch: int = 4096, 
             quiet: bool = False) -> RunStats:  # fmt: skip
     """One streaming pass over a run's eval tokens (``stream_stats``), with the run's metadata."""
     sae, _ = load_sae(run_dir)
-    if store.d != sae.cfg.d_in:
-        raise SagsaeError(
-            f"{run_dir} has d_in={sae.cfg.d_in} but the store {store.path} has d={store.d}: it was harvested "
-            "from another model or hookpoint; give the run's own store with --store"
-        )
-    n = min(n_tokens, store.rows("eval"))
-    if n == 0:
-        raise SagsaeError(f"store {store.path} has no eval rows: harvest it again with --eval-tokens > 0")
+    n = eval_rows_for(run_dir, sae, store, n_tokens,
+                      "it was harvested from another model or hookpoint; give the run's own store with --store")  # fmt: skip
     census, top, hist = stream_stats(
         sae, store, n, top_k, batch, device, label=f"browse {run_dir.name}", quiet=quiet
     )

@@ -44,7 +44,10 @@ def _root(
 @app.command()
 def harvest(
     out: str = typer.Option(
-        ..., "--out", "-o", help="Store directory (one sub-directory per hook if several)."
+        ...,
+        "--out",
+        "-o",
+        help="Store directory or fsspec URL (s3://bucket/path; one sub-directory per hook if several).",
     ),
     model: str = typer.Option(
         "smollm2-135m", help="Hub id, alias (pythia-1b, smollm3-3b, gpt2, ...), local dir or .gguf."
@@ -205,7 +208,12 @@ def _check(ok: bool, message: str) -> None:
 
 @app.command()
 def train(
-    store: str = typer.Option(..., "--store", "-s", help="Activation store (from `sagsae harvest`)."),
+    store: str = typer.Option(
+        ...,
+        "--store",
+        "-s",
+        help="Activation store (from `sagsae harvest`): a directory or an fsspec URL (s3://…).",
+    ),
     out: str = typer.Option("runs", "--out", "-o", help="Directory of run directories."),
     variant: str = typer.Option(
         "sa-gsae", help=f"{', '.join(ARCHITECTURES)}; comma-separated for several."
@@ -568,7 +576,7 @@ def _print_info(path: str) -> None:
 
 
 @store_app.command("info")
-def store_info(path: str = typer.Argument(..., help="Store directory.")) -> None:
+def store_info(path: str = typer.Argument(..., help="Store directory or fsspec URL (s3://…).")) -> None:
     """Shape, splits, dtype, metadata, disk size and normalisation factor of a store."""
     _print_info(path)
 
@@ -579,7 +587,7 @@ def store_import(
         ..., help=".npy/.npz/.safetensors file, a directory of them, or a datasets directory."
     ),
     out: str = typer.Option(
-        ..., "--out", "-o", help="Store directory to write (resumes an interrupted import)."
+        ..., "--out", "-o", help="Store directory or fsspec URL to write (resumes an interrupted import)."
     ),
     split_eval: float = typer.Option(
         0.05, help="Share of rows (of contexts, for (contexts, seq, d) sources) held out."
@@ -608,7 +616,7 @@ def store_import(
 
 @store_app.command("export")
 def store_export(
-    path: str = typer.Argument(..., help="Store directory."),
+    path: str = typer.Argument(..., help="Store directory or fsspec URL."),
     out: str = typer.Option(..., "--out", "-o", help="Directory for train.npy and eval.npy."),
     to: str = typer.Option("npy", help="Format (npy: float32, the stored units, not normalised)."),
     force: bool = typer.Option(False, help="Replace existing train.npy / eval.npy."),

@@ -19,6 +19,7 @@ from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import SAE_WEIGHTS, TRAIN_CFG, atomic_write
 from sagsae_cli.files import train_cfg as read_train_cfg
+from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, fired, latents_per_axis
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
@@ -36,14 +37,9 @@ def evaluate_run(
     on ``device``; loss recovered runs the model on the CPU."""
     train_cfg = read_train_cfg(run_dir)
     store = run_store(run_dir)
-    store_path = store.path
     sae, _ = load_sae(weights or run_dir)
     steps = -(-int(train_cfg["tokens"]) // int(train_cfg["batch"]))
-    if store.d != sae.cfg.d_in:
-        raise SagsaeError(f"{run_dir} has d_in={sae.cfg.d_in} but its store {store_path} has d={store.d}")
-    n = min(eval_tokens, store.rows("eval"))
-    if n == 0:
-        raise SagsaeError(f"store {store_path} has no eval rows: harvest it again with --eval-tokens > 0")
+    n = eval_rows_for(run_dir, sae, store, eval_tokens)
     store.check_chunks()
     sae.to(device)
     r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device), 0.0
@@ -192,10 +188,24 @@ def part_name(run_dir: Path, snapshot: Path | None = None) -> str:
     return f"{run_dir.name}-{digest}{tail}.parquet"
 
 
+def eval_rows_for(run_dir: Path, sae, store, tokens: int, fix: str = "") -> int:
+    """How many of ``store``'s eval rows to use for ``sae`` (at most ``tokens``); a store of another
+    width or without eval rows is one line (``fix``: what to do about the former)."""
+    if store.d != sae.cfg.d_in:
+        raise SagsaeError(
+            f"{run_dir} has d_in={sae.cfg.d_in} but the store {store.path} has d={store.d}"
+            + (f": {fix}" if fix else "")
+        )
+    n = min(tokens, store.rows("eval"))
+    if n == 0:
+        raise SagsaeError(f"store {store.path} has no eval rows: harvest it again with --eval-tokens > 0")
+    return n
+
+
 def run_store(run_dir: Path):
     """The store a run was trained on (recorded in train_cfg.json)."""
     cfg = read_train_cfg(run_dir)
-    path = Path(cfg.get("extra", {}).get("store") or cfg["store"])
+    path = Location(cfg.get("extra", {}).get("store") or cfg["store"])
     if not path.exists():
         raise SagsaeError(
             f"the store of {run_dir} is gone from {path}: move it back (or symlink it there) to evaluate this run"

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from sagsae_cli.data import iter_windows, windows_for
 from sagsae_cli.distributed import from_main, init_world, on_main, pick_device
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.location import Location
 from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.store import StoreWriter
@@ -55,8 +56,9 @@ class HarvestConfig:
     device: str = "auto"
 
 
-def _store_paths(out: str, hooks: tuple[str, ...]) -> dict[str, Path]:
-    return {h: Path(out) for h in hooks} if len(hooks) == 1 else {h: Path(out) / h for h in hooks}
+def _store_paths(out: str, hooks: tuple[str, ...]) -> dict[str, Location]:
+    root = Location(out)
+    return {h: root for h in hooks} if len(hooks) == 1 else {h: root.child(h) for h in hooks}
 
 
 def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = False) -> dict[str, Path]:

@@ -129,7 +129,7 @@ def _config(src: Path, sources: list[Source], column, split_eval, dtype, max_nor
 
 def import_store(src: str | Path, out: str | Path, *, split_eval: float = 0.05, column: str | None = None,
                  dtype: str = "float32", max_norm_ratio: float = 10.0, model: str = "", hook_name: str = "",
-                 force: bool = False, quiet: bool = False) -> Path:  # fmt: skip
+                 force: bool = False, quiet: bool = False) -> str:  # fmt: skip
     """Import ``src`` into the store ``out`` (resumes an interrupted import of the same source)."""
     sources = find_sources(src, column)
     total = sum(s.rows for s in sources)
@@ -148,7 +148,7 @@ def import_store(src: str | Path, out: str | Path, *, split_eval: float = 0.05, 
     cfg = _config(Path(src), sources, column, split_eval, dtype, max_norm_ratio)
     with StoreWriter(out, d=sources[0].d, dtype=dtype, config=cfg, meta=meta, force=force) as w:
         if w.complete:
-            return Path(out)
+            return str(w.path)
         cur = dict(w.cursor) or {
             "slice": 0,
             "done": 0,
@@ -169,7 +169,7 @@ def import_store(src: str | Path, out: str | Path, *, split_eval: float = 0.05, 
                 bar.advance(stop - start)
         w.set_meta(dropped=cur["dropped"], median_norm=cur["median_norm"], rows_in_source=total)
         w.commit(cursor=cur, complete=True)
-    return Path(out)
+    return str(w.path)
 
 
 def _slices(sources: list[Source], n_eval: int, chunk: int):

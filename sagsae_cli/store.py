@@ -6,6 +6,10 @@ the last committed state. Appends are queued in memory and written beyond the co
 contiguous blocks (one resize and one write per array, not one per batch); they become visible only
 when ``commit()`` rewrites the root attributes (Zarr writes each file atomically), so a process killed
 at any instant leaves a store that reopens at its last commit.
+
+A store is a local directory or an fsspec URL (``s3://bucket/store``; ``sagsae_cli.location``). The
+protocol needs no rename: every chunk and the root ``zarr.json`` are each one atomic object write, and
+the root ``zarr.json`` (the commit) is written last, after the writer's lock has been renewed.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import zarr
 
 from sagsae_cli.errors import SagsaeError, disk_space
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import lock_dir, unlock
+from sagsae_cli.location import Location
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
@@ -83,13 +85,15 @@ def to_disk(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
 class ActivationStore:
     """Read access to a committed store. Only rows up to the last commit are visible."""
 
-    def __init__(self, path: str | Path, mode: str = "r"):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Location, mode: str = "r"):
+        self.path = path if isinstance(path, Location) else Location(path)
         if not self.path.exists():
             raise SagsaeError(f"no activation store at {self.path}: run `sagsae harvest` first")
         try:
-            self.group = zarr.open_group(str(self.path), mode=mode)
+            self.group = zarr.open_group(self.path.zarr_store(read_only=mode == "r"), mode=mode)
             attrs = self.group.attrs.asdict()
+        except SagsaeError:
+            raise
         except Exception as e:  # zarr raises several types for a missing or garbled zarr.json
             raise SagsaeError(f"{self.path} is not a readable sagsae activation store ({e})") from None
         if attrs.get("sagsae_store") != FORMAT_VERSION:
@@ -133,8 +137,8 @@ class ActivationStore:
                 continue
             arr = self.array(split)
             need = -(-n // int(arr.chunks[0]))
-            root = self.path / split / "acts" / "c"
-            missing = [i for i in range(need) if not (root / str(i) / "0").exists()]
+            have = self.path.files(f"{split}/acts/c")
+            missing = [i for i in range(need) if f"{split}/acts/c/{i}/0" not in have]
             if missing:
                 raise SagsaeError(
                     f"{self.path} is damaged: {len(missing)} chunk file(s) of {split}/acts are missing "
@@ -168,7 +172,7 @@ class ActivationStore:
         return self.array(split, name)[start : min(stop, self.rows(split))]
 
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return sum(self.path.files().values())
 
     def info(self) -> dict[str, Any]:
         return {
@@ -211,24 +215,24 @@ class StoreWriter:
     ):
         if dtype not in DTYPES:
             raise SagsaeError(f"unknown store dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        self.path = Path(path)
+        self.path = path if isinstance(path, Location) else Location(path)
         self.dtype, self.d = dtype, int(d)
         self.hash = config_hash(config)
-        self._lock_fd = None
+        self._lock = None
         self._pending: dict[str, int] = {}  # row count per split including queued rows
         self._queued: dict[str, list[dict]] = {}  # appended rows not yet written, per split
         self._queued_bytes = 0
         self._written: dict[str, int] = {}  # rows on disk per split (beyond the commit until commit())
         self._sum_sq: float | None = None  # running Σ‖x‖² incl. queued rows (None: the committed one)
-        if self.path.exists() and force:
+        if force and self.path.exists():
             self._remove_existing()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self.path.mkdir()
+        self._lock = self.path.lock("writing")
         try:
-            if (self.path / "zarr.json").exists():
+            if self.path.exists("zarr.json"):
                 self._resume(force)
             else:
-                if any(p.name != ".lock" for p in self.path.iterdir()):
+                if any(name != ".lock" for name in self.path.names()):
                     raise SagsaeError(
                         f"{self.path} exists and is not an activation store: choose another --out"
                     )
@@ -239,22 +243,19 @@ class StoreWriter:
 
     # --- lifecycle ------------------------------------------------------------------------
     def _remove_existing(self) -> None:
-        if (self.path / "zarr.json").exists() or not any(self.path.iterdir()):
-            self._lock()  # never delete a store another process is writing
-            self.close()
-            trash = self.path.with_name(f".{self.path.name}.deleting-{os.getpid()}")
-            os.rename(self.path, trash)
-            shutil.rmtree(trash)
+        if self.path.exists("zarr.json") or not [n for n in self.path.names() if n != ".lock"]:
+            lock = self.path.lock("writing")  # never delete a store another process is writing
+            try:
+                self.path.remove()
+            finally:
+                lock.release()
         else:
             raise SagsaeError(f"{self.path} exists and is not an activation store: refusing to delete it")
 
-    def _lock(self) -> None:
-        self._lock_fd = lock_dir(self.path, "writing")
-
     def close(self) -> None:
-        if self._lock_fd is not None:
-            unlock(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -279,7 +280,7 @@ class StoreWriter:
         }
         # the root zarr.json is written once, with every attribute (a process killed at any instant
         # leaves either no store or one that resumes); the arrays follow and _resume makes any missing
-        self.group = zarr.create_group(str(self.path), attributes=attrs)
+        self.group = zarr.create_group(self.path.zarr_store(), attributes=attrs)
         fault_point("create")
         self._ensure_arrays(rows)
 
@@ -377,6 +378,7 @@ class StoreWriter:
             "complete": complete,
         }
         norm = math.sqrt(state["sum_sq"] / rows["train"]) if rows["train"] else 1.0
+        self._lock.refresh()  # an object-store lock taken over by another writer stops us here
         with disk_space(f"store {self.path}"):  # one write of zarr.json (attrs.update writes once per key)
             self.group.attrs.put({**self.group.attrs.asdict(), "commit": state, "norm_factor": norm})
         self.state, self._pending, self._written, self._sum_sq = state, {}, {}, None

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, pick_device
+from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, on_main, pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import (
@@ -35,6 +35,7 @@ from sagsae_cli.files import (
     torch_save,
     unlock,
 )
+from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
@@ -180,9 +181,23 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.dir / SAE_WEIGHTS).exists() and self.step >= self.cfg.steps
+        return self.exported and self.step >= self.cfg.steps
 
     def _claim(self, force: bool) -> None:
+        """Start or resume the run. Rank 0 alone reads the run directory and hands every rank its
+        checkpoint, so ranks on other nodes need no shared file system (nor the same --out)."""
+        state, self.exported = on_main(lambda: self._claim_main(force), self.world) or (None, False)
+        if state is not None:
+            self.sae.load_state_dict(state["sae"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.history, self.coef = (
+                state["step"],
+                state["history"],
+                state.get("coef", self.cfg.l1),
+            )
+
+    def _claim_main(self, force: bool) -> tuple[dict | None, bool] | None:
+        """(checkpoint state or None, whether the run's weights were exported), on rank 0."""
         record = self.dir / TRAIN_CFG
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
@@ -193,20 +208,18 @@ class Run:
                     f"{self.dir} holds a run with a different config ({', '.join(diff)} differ): "
                     "pass --force to overwrite it, or choose another --out"
                 )
-            if self.ckpt.exists():
-                self._load()
-            return
-        if self.world.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.ckpt, self.dir / SAE_WEIGHTS, self.dir / HISTORY):
-                stale.unlink(missing_ok=True)
-            for snap in (self.dir / "checkpoints").glob(f"{SNAPSHOT_PREFIX}*"):  # interrupted ones too
-                shutil.rmtree(snap)
-            atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
+            return (self._load() if self.ckpt.exists() else None), (self.dir / SAE_WEIGHTS).exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.ckpt, self.dir / SAE_WEIGHTS, self.dir / HISTORY):
+            stale.unlink(missing_ok=True)
+        for snap in (self.dir / "checkpoints").glob(f"{SNAPSHOT_PREFIX}*"):  # interrupted ones too
+            shutil.rmtree(snap)
+        atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
+        return None
 
-    def _load(self) -> None:
+    def _load(self) -> dict:
         try:
-            state = torch.load(self.ckpt, map_location=self.world.device, weights_only=False)
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
         except Exception as e:
             raise SagsaeError(f"checkpoint {self.ckpt} is unreadable ({e}): rerun with --force") from None
         if state["sae"]["W_enc"].shape != self.sae.W_enc.shape:
@@ -214,9 +227,7 @@ class Run:
                 f"checkpoint {self.ckpt} has W_enc {tuple(state['sae']['W_enc'].shape)} but this run "
                 f"needs {tuple(self.sae.W_enc.shape)} (a store with another d?): pass --force to start over"
             )
-        self.sae.load_state_dict(state["sae"])
-        self.opt.load_state_dict(state["opt"])
-        self.step, self.history, self.coef = state["step"], state["history"], state.get("coef", self.cfg.l1)
+        return state
 
     def save_checkpoint(self) -> None:
         if not self.world.main:
@@ -238,6 +249,7 @@ class Run:
     def finish(self, norm_factor: float) -> None:
         if self.world.main:
             self._export(self.dir, norm_factor)
+        self.exported = True
         self.save_checkpoint()
 
     def _export(self, path: Path, norm_factor: float) -> None:
@@ -395,7 +407,7 @@ class RunLocks:
 
 def _same_store_path(cfg: dict) -> dict:
     """The config with its store path resolved: `out/s` and `/abs/out/s` name the same store."""
-    return {**cfg, "store": str(Path(cfg.get("store", "")).resolve())}
+    return {**cfg, "store": Location(cfg.get("store", "")).canonical()}
 
 
 def train(
@@ -470,7 +482,7 @@ def train(
         rank=world.rank if world.active else None,
     )  # fmt: skip
     sample = store.read("train", 0, min(store.rows("train"), 65536), normalise=True)
-    extra = {"store": str(Path(base.store).resolve()), "model_name": store.meta.get("model", ""),
+    extra = {"store": Location(base.store).canonical(), "model_name": store.meta.get("model", ""),
              "hook_name": store.meta.get("hook_name") or store.meta.get("hook", ""), "norm_factor": store.norm_factor}  # fmt: skip
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -1,0 +1,360 @@
+"""Where an activation store lives: a local directory or an fsspec URL (``s3://bucket/path``,
+``gs://…``, ``memory://…``), and the writer's lock there.
+
+Zarr v3 does the reading and writing through its own storage layer (``LocalStore`` for a path,
+``FsspecStore`` for a URL); this module holds only what a store needs beyond that: existence, the list
+of its files, deletion, size, and one writer at a time.
+
+The lock. On a local disk it is an ``flock`` on ``<store>/.lock`` (released by the kernel when the
+process dies). Object stores have no rename and no flock, so there it is an object ``<store>/.lock``
+holding the owner (host, pid, a random token) and a heartbeat time:
+- taken with a *conditional create* (S3 ``If-None-Match: *``): of two writers, exactly one succeeds;
+- refreshed at every commit with a *conditional overwrite* (``If-Match`` its own ETag), so a writer
+  whose lock was taken over finds out before it publishes anything;
+- taken over only when stale: its owner ran on this host and that pid is gone (a killed harvest
+  resumed on the same machine), or its heartbeat is older than ``SAGSAE_LOCK_LEASE`` seconds
+  (default 600; a writer on another node that died). The takeover is itself a conditional overwrite
+  of the stale object's ETag, so two processes cannot both take it over.
+Filesystems other than S3 get the conditional create where fsspec offers it and a plain overwrite
+for the takeover (documented race: two simultaneous takeovers of one stale lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from sagsae_cli.errors import SagsaeError
+
+LOCK = ".lock"
+DEFAULT_LEASE_S = 600.0
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+
+
+def is_url(where: str | Path) -> bool:
+    """True for ``scheme://…`` other than ``file://``."""
+    m = _URL.match(str(where))
+    return bool(m) and m.group(1).lower() != "file"
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("SAGSAE_LOCK_LEASE", DEFAULT_LEASE_S))
+
+
+class Location:
+    """A store's root. ``str()`` is what a user typed (a resolved path, or the URL)."""
+
+    def __init__(self, where: str | Path):
+        where = str(where)
+        if where.startswith("file://"):
+            where = where[len("file://") :]
+        self.remote = is_url(where)
+        if self.remote:
+            self.url = where.rstrip("/")
+            self._fs = None
+        else:
+            self.local = Path(where)
+
+    # --- identity ---------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.url if self.remote else str(self.local)
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def __fspath__(self) -> str:
+        if self.remote:
+            raise TypeError(f"{self.url} is not a local path")
+        return str(self.local)
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1] if self.remote else self.local.name
+
+    def canonical(self) -> str:
+        """What a run records as its store: an absolute path, or the URL."""
+        return self.url if self.remote else str(self.local.resolve())
+
+    def child(self, name: str) -> Location:
+        return Location(f"{self.url}/{name}" if self.remote else self.local / name)
+
+    # --- the filesystem -----------------------------------------------------------------------
+    @property
+    def fs(self):
+        """The (synchronous) fsspec filesystem of a URL, created once; credentials come from the
+        standard environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, …)."""
+        if self._fs is None:
+            self._fs, self._root = _url_to_fs(self.url)
+        return self._fs
+
+    def _key(self, rel: str = "") -> str:
+        self.fs  # noqa: B018 - sets _root
+        return f"{self._root}/{rel}" if rel else self._root
+
+    def zarr_store(self, read_only: bool = False):
+        """What to hand zarr: the path for a local store, an ``FsspecStore`` for a URL."""
+        if not self.remote:
+            return str(self.local)
+        from zarr.storage import FsspecStore
+
+        self.fs  # noqa: B018 - a missing fsspec backend is one line, before zarr's own error
+        return FsspecStore.from_url(self.url, read_only=read_only)
+
+    def exists(self, rel: str = "") -> bool:
+        if not self.remote:
+            return (self.local / rel).exists() if rel else self.local.exists()
+        self.fs.invalidate_cache()
+        try:
+            return bool(self.fs.exists(self._key(rel)))
+        except Exception as e:
+            raise _remote_error(self, e) from None
+
+    def names(self) -> list[str]:
+        """The entries directly under the root (none if it does not exist)."""
+        if not self.remote:
+            return [p.name for p in self.local.iterdir()] if self.local.is_dir() else []
+        self.fs.invalidate_cache()
+        try:
+            entries = self.fs.ls(self._key(), detail=False) if self.fs.exists(self._key()) else []
+        except FileNotFoundError:
+            return []
+        except Exception as e:
+            raise _remote_error(self, e) from None
+        return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+    def files(self, rel: str = "") -> dict[str, int]:
+        """Every file under ``rel`` (recursively) -> its size, keyed by the path relative to the root."""
+        if not self.remote:
+            base = self.local / rel if rel else self.local
+            if not base.exists():
+                return {}
+            return {str(p.relative_to(self.local)): p.stat().st_size for p in base.rglob("*") if p.is_file()}
+        self.fs.invalidate_cache()
+        root = self._key()
+        try:
+            found = self.fs.find(self._key(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as e:
+            raise _remote_error(self, e) from None
+        return {k[len(root) + 1 :]: int(v.get("size") or 0) for k, v in found.items()}
+
+    def mkdir(self) -> None:
+        if not self.remote:
+            self.local.mkdir(parents=True, exist_ok=True)
+        # object stores have no directories: the first object written makes the prefix
+
+    def remove(self) -> None:
+        """Delete the store. Local: renamed aside first, so it vanishes at once. Remote: the root
+        ``zarr.json`` first (readers then see no store), then everything else."""
+        if not self.remote:
+            trash = self.local.with_name(f".{self.local.name}.deleting-{os.getpid()}")
+            os.rename(self.local, trash)
+            shutil.rmtree(trash)
+            return
+        try:
+            if self.exists("zarr.json"):
+                self.fs.rm_file(self._key("zarr.json"))
+            keys = [k for k in self.files() if k != LOCK]
+            if keys:
+                self.fs.rm([self._key(k) for k in keys])
+        except Exception as e:
+            raise _remote_error(self, e) from None
+
+    # --- one writer at a time -------------------------------------------------------------------
+    def lock(self, doing: str):
+        """Take the writer's lock (see the module docstring); refused in one line if it is held."""
+        if not self.remote:
+            return _FileLock(self, doing)
+        return _ObjectLock(self, doing)
+
+
+def _url_to_fs(url: str):
+    scheme = _URL.match(url).group(1).lower()
+    try:
+        from fsspec.core import url_to_fs
+
+        return url_to_fs(url)
+    except ImportError as e:
+        pkg = EXTRAS.get(scheme, f"the fsspec backend for {scheme}://")
+        raise SagsaeError(
+            f"{url}: {scheme}:// stores need {pkg} ({e}): pip install {pkg}"
+            + (" (or pip install 'sagsae[s3]')" if scheme == "s3" else "")
+        ) from None
+    except ValueError as e:
+        raise SagsaeError(
+            f"{url} is not a store location fsspec knows ({e}): use a path or an fsspec URL"
+        ) from None
+
+
+def _remote_error(loc: Location, e: Exception) -> SagsaeError:
+    """An object-store failure in one line (no bucket, no credentials, endpoint down, …)."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    hint = (
+        "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_ENDPOINT_URL for an S3-compatible server)"
+        if loc.url.startswith("s3://")
+        else "check the URL and the credentials of its filesystem"
+    )
+    return SagsaeError(f"{loc.url}: {type(e).__name__}: {msg}: {hint}")
+
+
+class _FileLock:
+    def __init__(self, loc: Location, doing: str):
+        from sagsae_cli.files import lock_dir
+
+        self.fd = lock_dir(loc.local, doing)
+
+    def refresh(self) -> None:  # the kernel holds an flock for as long as the process lives
+        pass
+
+    def release(self) -> None:
+        from sagsae_cli.files import unlock
+
+        if self.fd is not None:
+            unlock(self.fd)
+            self.fd = None
+
+
+class _ObjectLock:
+    def __init__(self, loc: Location, doing: str):
+        self.loc, self.doing, self.etag = loc, doing, None
+        self.key = loc._key(LOCK)
+        self.s3 = loc.url.startswith("s3://")
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        try:
+            self._acquire()
+        except SagsaeError:
+            raise
+        except Exception as e:
+            raise _remote_error(loc, e) from None
+
+    def _body(self) -> bytes:
+        return json.dumps({**self.owner, "heartbeat": time.time(), "doing": self.doing}).encode()
+
+    def _put(self, etag: str | None = None, create: bool = False) -> None:
+        """Write our lock object: created only if absent, or overwriting only ``etag``; a failed
+        condition is ``_Conflict``."""
+        fs = self.loc.fs
+        try:
+            if self.s3:
+                kw = {"IfNoneMatch": "*"} if create else ({"IfMatch": etag} if etag else {})
+                b, k = self.key.split("/", 1)
+                self.etag = fs.call_s3("put_object", Bucket=b, Key=k, Body=self._body(), **kw).get("ETag")
+            else:
+                fs.pipe_file(self.key, self._body(), mode="create" if create else "overwrite")
+        except FileExistsError:
+            raise _Conflict() from None
+        except OSError as e:
+            if _precondition(e):
+                raise _Conflict() from None
+            raise
+
+    def _acquire(self) -> None:
+        for _ in range(3):  # a lost race re-reads the lock
+            try:
+                self._put(create=True)
+                return
+            except _Conflict:
+                pass
+            held, etag = self._read()
+            if held is None:
+                continue  # released between our create and our read
+            if _stale(held) is None:
+                age = time.time() - float(held.get("heartbeat", 0))
+                raise SagsaeError(
+                    f"another process is {held.get('doing', 'writing')} {self.loc} (pid {held.get('pid')} on "
+                    f"{held.get('host')}, last seen {age:.0f} s ago): wait for it to finish or choose another "
+                    f"--out (a lock not refreshed for SAGSAE_LOCK_LEASE={lease_seconds():.0f} s is taken over)"
+                )
+            try:
+                self._put(etag=etag)  # take over exactly the stale lock we read
+                return
+            except (_Conflict, FileNotFoundError):
+                continue  # someone else took it over (or released it) first
+        raise SagsaeError(f"could not take the lock of {self.loc}: other processes keep taking it; try again")
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        fs = self.loc.fs
+        fs.invalidate_cache()
+        try:
+            if self.s3:
+                b, k = self.key.split("/", 1)
+                out = fs.call_s3("get_object", Bucket=b, Key=k)
+                body = _sync_read(fs, out["Body"])
+                return json.loads(body), out.get("ETag")
+            return json.loads(fs.cat_file(self.key)), None
+        except FileNotFoundError:
+            return None, None
+        except ValueError:
+            return {"host": "?", "pid": "?", "heartbeat": 0}, None  # garbled: treat as stale
+
+    def refresh(self) -> None:
+        """Renew the heartbeat; refused if another process has taken the lock over meanwhile."""
+        try:
+            self._put(etag=self.etag)
+        except (_Conflict, FileNotFoundError):
+            raise SagsaeError(
+                f"lost the lock of {self.loc} (another process took it over after "
+                f"SAGSAE_LOCK_LEASE={lease_seconds():.0f} s without a heartbeat?): stopping before "
+                "publishing anything; rerun to resume"
+            ) from None
+        except Exception as e:
+            raise _remote_error(self.loc, e) from None
+
+    def release(self) -> None:
+        if self.key is None:
+            return
+        fs, key, self.key = self.loc.fs, self.key, None
+        try:
+            if self.s3 and self.etag:
+                b, k = key.split("/", 1)
+                fs.call_s3("delete_object", Bucket=b, Key=k, IfMatch=self.etag)
+            else:
+                fs.rm_file(key)
+        except Exception:
+            pass  # taken over or already gone: nothing of ours to release
+
+
+def _stale(held: dict) -> str | None:
+    """Why a held lock may be taken over, or None if its owner may still be alive."""
+    if time.time() - float(held.get("heartbeat", 0) or 0) > lease_seconds():
+        return "lease expired"
+    if held.get("host") == socket.gethostname():
+        try:
+            os.kill(int(held.get("pid")), 0)
+        except (ProcessLookupError, ValueError, TypeError):
+            return "owner gone"
+        except PermissionError:
+            return None
+    return None
+
+
+class _Conflict(Exception):
+    """A conditional write's condition did not hold."""
+
+
+def _precondition(e: Exception) -> bool:
+    import errno
+
+    return isinstance(e, OSError) and (e.errno == errno.EINVAL or "Precondition" in str(e))
+
+
+def _sync_read(fs, body) -> bytes:
+    """Read an aiobotocore streaming body on the filesystem's event loop."""
+    from fsspec.asyn import sync
+
+    async def read():
+        try:
+            return await body.read()
+        finally:
+            body.close()
+
+    return sync(fs.loop, read)
