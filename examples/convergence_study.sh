@@ -34,18 +34,27 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-thr50) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 50" ;;
     b256-theta01) echo "--batch 256 --lr 2e-3 --theta0 0.1" ;;
     b256-l1warm0) echo "--batch 256 --lr 2e-3 --l1-warmup 0" ;;
+    b256-noreset) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without dead-latent resets (sa_variant)
     *) "$1"_flags ;;
   esac
 }
 
+sa_variant() {  # candidate -> the SA-GSAE variant trained at H (the A side of the comparison)
+  case "$1" in
+    *noreset*) echo "no-reset" ;;
+    *) echo "sa-gsae" ;;
+  esac
+}
+
 for C in $CANDIDATES; do
+  A=$(sa_variant "$C")
   # shellcheck disable=SC2046
-  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant sa-gsae --width 64 --l1 0.2,0.4,0.8 \
+  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width 64 --l1 0.2,0.4,0.8 \
     --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
   # shellcheck disable=SC2046
   sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width 128 --l1 0.2,0.4,0.8 \
     --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
   sagsae eval "$OUT/$C"/runs/* --results "$OUT/$C/results" --checkpoints --lr-windows 0 --quiet > /dev/null
   echo "=== $C: $(flags "$C")"
-  sagsae compare --results "$OUT/$C/results" --matched-l0 3
+  sagsae compare --results "$OUT/$C/results" --matched-l0 3 --a "$A"
 done

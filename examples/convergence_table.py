@@ -24,8 +24,8 @@ def main(root: str) -> None:
         conv = pd.read_parquet(res / "compare" / "convergence.parquet")
         cmp_ = pd.read_parquet(res / "compare" / "compare.parquet").iloc[0]
         ev = pd.concat(pd.read_parquet(p) for p in (res / "eval").glob("*.parquet"))
-        sa, ga = conv[conv.variant == "sa-gsae"], conv[conv.variant == "gated"]
-        per_axis = ev[ev.variant == "sa-gsae"].sort_values("l1").latents_per_axis.round(2).tolist()
+        sa, ga = conv[conv.variant != "gated"], conv[conv.variant == "gated"]  # A: sa-gsae or an ablation
+        per_axis = ev[ev.variant != "gated"].sort_values("l1").latents_per_axis.round(2).tolist()
         print(
             f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "

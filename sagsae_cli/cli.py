@@ -487,9 +487,14 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
         console.print(f"worst gap by tokens, {model} {hook}: {trail}")
 
 
+# the figures `plot` draws (plots.PLOTS + training); kept here so --help does not import matplotlib,
+# and checked against plots.PLOTS by tests/test_plots.py
+PLOT_NAMES = ("pareto", "dead", "census", "ablation", "convergence", "training")
+
+
 @app.command()
 def plot(
-    name: str = typer.Argument(..., help="pareto, dead, census, ablation, convergence or training."),
+    name: str = typer.Argument(..., help=f"One of: {', '.join(PLOT_NAMES)}."),
     results: str = typer.Option("results", help="Results directory (tables from eval / compare / ablate)."),
     runs: list[str] = typer.Option(None, "--run", help="training: run directories (repeat the flag)."),
     out: str = typer.Option("figures", help="Directory for the PNG and PDF files."),
@@ -502,7 +507,7 @@ def plot(
     elif name in PLOTS:
         paths = PLOTS[name](results, out)
     else:
-        raise SagsaeError(f"unknown plot {name!r}: choose {', '.join(PLOTS)} or training")
+        raise SagsaeError(f"unknown plot {name!r}: choose one of {', '.join(PLOT_NAMES)}")
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 

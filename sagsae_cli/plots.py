@@ -106,38 +106,73 @@ def plot_dead(results: str | Path, out: str | Path) -> list[Path]:
     return _save(fig, Path(out), "dead")
 
 
-def plot_census(results: str | Path, out: str | Path) -> list[Path]:
-    parts = sorted((Path(results) / "census").glob("*.parquet"))
+def _census_parts(results: Path) -> pd.DataFrame:
+    """Every census part with its run's variant, width, coefficient, seed and model (from the eval part
+    of the same name), one row per live latent."""
+    parts = sorted((results / "census").glob("*.parquet"))
     if not parts:
         raise SagsaeError(f"no census tables in {results}/census: run `sagsae eval` first")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    bins = np.linspace(0, 0.5, 26)
+    frames = []
     for p in parts:
         t = pd.read_parquet(p)
-        live = t[(t.n_pos + t.n_neg) > 0]
-        if live.empty:
-            continue
-        run = str(t["run"].iloc[0])
-        label = f"{run} · {t['hook'].iloc[0]}" if "hook" in t else run
-        color = COLORS.get(run.split("-w")[0])
-        ax1.hist(live.minority_share, bins=bins, histtype="step", lw=1.5, color=color, label=label)
-        mass = np.sort(live[["mass_pos", "mass_neg"]].min(axis=1).to_numpy())[::-1]
-        if mass.sum() > 0:
-            ax2.plot(
-                np.arange(1, len(mass) + 1) / len(mass),
-                np.cumsum(mass) / mass.sum(),
-                color=color,
-                label=p.stem,
-            )
-    ax1.set_xlabel("minority share min(n+, n-) / (n+ + n-)")
-    ax1.set_ylabel("live latents")
-    ax1.set_title("Polarity of live latents (0 = one-signed, 0.5 = balanced)", fontsize=10)
-    ax2.set_xlabel("latent rank by minority-side mass (fraction of live latents)")
-    ax2.set_ylabel("cumulative share of minority-side mass")
-    ax2.set_title("Where the bipolar mass concentrates", fontsize=10)
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        t = t[(t.n_pos + t.n_neg) > 0]
+        ev = results / "eval" / p.name
+        row = pd.read_parquet(ev).iloc[0] if ev.exists() else None
+        run = str(t["run"].iloc[0]) if len(t) else p.stem
+        t = t.assign(
+            part=p.stem,
+            variant=row["variant"] if row is not None else run.split("-w")[0],
+            width=int(row["width"]) if row is not None else 0,
+            coef=float(row["l1"]) if row is not None else float("nan"),
+            seed=int(row["seed"]) if row is not None else 0,
+            model=row["model"] if row is not None else "",
+        )
+        if "hook" not in t:
+            t["hook"] = ""
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_census(results: str | Path, out: str | Path, bipolar: float = 0.1) -> list[Path]:
+    """Per (model, hook): the polarity of live latents and where the minority-sign mass sits; one
+    colour per architecture, darker for a larger coefficient; the title states each architecture's
+    share of bipolar latents (minority share >= ``bipolar``)."""
+    live = _census_parts(Path(results))
+    cells = list(live.groupby(["model", "hook"], dropna=False))
+    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.6 * len(cells)), squeeze=False)
+    bins = np.linspace(0, 0.5, 26)
+    for (ax1, ax2), ((model, hook), cell) in zip(axes, cells):
+        coefs = sorted(cell.coef.dropna().unique())
+        finding = []
+        for (variant, width), arch in cell.groupby(["variant", "width"]):
+            share = float((arch.minority_share >= bipolar).mean())
+            finding.append(f"{LABELS.get(variant, variant)}@{width}: {share:.0%} bipolar")
+            base = matplotlib.colors.to_rgb(COLORS.get(variant, "#444444"))
+            for (coef, seed), run in arch.groupby(["coef", "seed"], dropna=False):
+                rank = coefs.index(coef) if coef in coefs else 0
+                shade = 0.35 + 0.65 * (rank + 1) / max(len(coefs), 1)  # lighter = smaller coefficient
+                color = tuple(1 - shade * (1 - c) for c in base)
+                label = f"{variant}@{width} λ={coef:g}" if seed == arch.seed.min() else None
+                weights = np.full(len(run), 1.0 / len(run))
+                ax1.hist(run.minority_share, bins=bins, weights=weights, histtype="step", lw=1.5,
+                         color=color, label=label)  # fmt: skip
+                mass = np.sort(run[["mass_pos", "mass_neg"]].min(axis=1).to_numpy())[::-1]
+                if mass.sum() > 0:
+                    ax2.plot(np.arange(1, len(mass) + 1) / len(mass), np.cumsum(mass) / mass.sum(),
+                             color=color, lw=1.5, label=label)  # fmt: skip
+        ax1.axvline(bipolar, color="0.5", ls=":", lw=1)
+        ax1.set_xlabel("minority share min(n+, n−) / (n+ + n−)  (0 = one-signed, 0.5 = balanced)")
+        ax1.set_ylabel("fraction of live latents")
+        ax1.set_yscale("log")
+        ax1.set_title(f"{model} · {hook}: " + ", ".join(finding), fontsize=9)
+        ax2.set_xlabel("latents ranked by minority-sign mass (fraction of live latents)")
+        ax2.set_ylabel("cumulative share of minority-sign mass")
+        ax2.set_title(f"{model} · {hook}: where the minority-sign mass sits", fontsize=9)
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Both signs per latent: share of live latents with a minority share ≥ {bipolar:g}", y=1.01)
     return _save(fig, Path(out), "census")
 
 

@@ -69,8 +69,12 @@ def test_compare_reports_convergence(results):
 
 
 def test_unknown_plot_and_empty_table(results, tmp_path):
+    from sagsae_cli.cli import PLOT_NAMES
+    from sagsae_cli.plots import PLOTS
+
+    assert set(PLOT_NAMES) == {*PLOTS, "training"}  # the help and the error list exactly the registry
     p = run_cli("plot", "violin", "--results", results, check=2)
-    assert "unknown plot 'violin'" in p.stderr
+    assert "unknown plot 'violin'" in p.stderr and all(n in p.stderr for n in PLOT_NAMES)
     p = run_cli("plot", "pareto", "--results", tmp_path / "nothing", check=2)
     assert "empty" in p.stderr and "Traceback" not in p.stderr
 
