@@ -20,7 +20,8 @@ from _timing import best_times
 import sagsae_cli.harvest as harvest_module
 from sagsae_cli.data import iter_windows
 from sagsae_cli.harvest import HarvestConfig, harvest
-from sagsae_cli.models import load_model, run_to_layer
+from sagsae_cli.hooks import run_to_layer
+from sagsae_cli.models import load_model
 
 
 def main() -> None:

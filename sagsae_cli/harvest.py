@@ -27,8 +27,9 @@ import torch.distributed as dist
 from sagsae_cli.data import iter_windows, windows_for
 from sagsae_cli.distributed import from_main, init_world, on_main, pick_device
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.hooks import decoder_layers, family_of, hook_definition, parse_hook, run_to_layer
 from sagsae_cli.location import Location
-from sagsae_cli.models import decoder_layers, family_of, hook_definition, load_model, parse_hook, run_to_layer
+from sagsae_cli.models import load_model
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.store import StoreWriter
 

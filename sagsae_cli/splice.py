@@ -7,7 +7,7 @@ not trained on, as in SAELens and sparsify), and the loss is taken over the same
 three passes. resid_mid is replaced by adding (new - old) to what attention adds to the residual:
 in a sequential block the MLP's input and the residual stream then both see the replacement; in a
 parallel block (Pythia's gpt_neox) the MLP reads resid_pre, so only the residual stream does.
-Capture and splice sites come from the same per-family table (``models.FAMILIES``).
+Capture and splice sites come from the same table (``hooks.site``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sagsae_cli.models import decoder_layers, family_of
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_first(output, new):
-    return (new, *output[1:]) if isinstance(output, tuple) else new
+from sagsae_cli.hooks import decoder_layers, family_of, on_site, site
 
 
 class Splice:
@@ -43,38 +35,19 @@ class Splice:
         return out
 
     def __enter__(self):
-        b, fam, hook = self.block, self.fam, self.hook
-        if hook == "resid_pre":
+        where = site(self.fam, self.hook)
+        if where is not None and where.writable:
+            self.handles.append(on_site(self.block, where, self._replace))
+        else:  # resid_mid = resid_pre + attn_out: add (new - old) to what attention adds
 
-            def pre(module, args, kwargs):
-                if args:
-                    return (self._replace(args[0]), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": self._replace(kwargs["hidden_states"])}
+            def keep_pre(x):
+                self.pre = x
 
-            self.handles.append(b.register_forward_pre_hook(pre, with_kwargs=True))
-        elif hook == "resid_post":
-            self.handles.append(
-                b.register_forward_hook(lambda m, a, o: _with_first(o, self._replace(_first(o))))
-            )
-        elif hook in ("attn_out", "mlp_out"):
-            mod = getattr(b, fam.attn if hook == "attn_out" else fam.mlp)
-            self.handles.append(
-                mod.register_forward_hook(lambda m, a, o: _with_first(o, self._replace(_first(o))))
-            )
-        elif hook == "resid_mid":
+            def attn(a):
+                return self._replace(self.pre + a) - self.pre
 
-            def keep_pre(module, args, kwargs):
-                self.pre = args[0] if args else kwargs["hidden_states"]
-
-            def attn(module, args, output):
-                a = _first(output)
-                mid = self.pre + a
-                return _with_first(output, self._replace(mid) - self.pre)
-
-            self.handles.append(b.register_forward_pre_hook(keep_pre, with_kwargs=True))
-            self.handles.append(getattr(b, fam.attn).register_forward_hook(attn))
-        else:
-            raise ValueError(hook)
+            self.handles.append(on_site(self.block, site(self.fam, "resid_pre"), keep_pre))
+            self.handles.append(on_site(self.block, site(self.fam, "attn_out"), attn))
         return self
 
     def __exit__(self, *exc):

@@ -9,11 +9,12 @@ import torch
 from conftest import make_tiny_model, nan_weights_copy, run_cli, write_corpus
 
 from sagsae_cli.data import iter_windows
-from sagsae_cli.models import load_model, parse_hook, run_to_layer
+from sagsae_cli.hooks import parse_hook, run_to_layer
+from sagsae_cli.models import load_model
 from sagsae_cli.store import open_store
 
 FAMILIES = ["neox-parallel", "neox-sequential", "llama", "gemma2", "gpt2"]
-# every family models.FAMILIES declares, each with a tiny random model (the identities below can fail
+# every family hooks.FAMILIES declares, each with a tiny random model (the identities below can fail
 # for a family whose hookpoints sit in the wrong places, as OLMo2's post-norms did)
 MORE = ["olmo2", "phi3", "qwen2", "qwen3", "gemma3_text", "mistral"]
 ALL = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]

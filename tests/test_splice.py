@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_tiny_model, run_cli, write_corpus
 
-from sagsae_cli.models import load_model, run_to_layer
+from sagsae_cli.hooks import run_to_layer
+from sagsae_cli.models import load_model
 from sagsae_cli.splice import Splice, loss_recovered, next_token_loss
 
 FAMS = ["llama", "neox-parallel", "gemma2", "olmo2"]
