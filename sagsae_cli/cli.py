@@ -6,7 +6,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -24,6 +24,19 @@ app = typer.Typer(
 )
 store_app = typer.Typer(help="Inspect, import and export activation stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+
+
+# Options several commands share, declared once: the same flag means the same thing everywhere.
+StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Activation store (from `sagsae harvest`): a directory or an fsspec URL (s3://…).")]  # fmt: skip
+RunsOut = Annotated[str, typer.Option("--out", "-o", help="Directory of run directories.")]
+Seeds = Annotated[str, typer.Option(help="Model seeds, comma-separated.")]
+Tokens = Annotated[str, typer.Option(help="Training tokens per run (50M, 200k, 1e6 ...).")]
+Batch = Annotated[str, typer.Option(help="Tokens per batch; auto: about 8,000 steps for --tokens (a power of two in 128-4096).")]  # fmt: skip
+Lr = Annotated[str, typer.Option(help="Base learning rate (auto: 2e-3); log thresholds learn at 10x it (train: --threshold-lr-mult).")]  # fmt: skip
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+TrainDtype = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")]
+EvalTokens = Annotated[str, typer.Option(help="Held-out tokens per run (the same for every run).")]
+Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 
 
 def _version(value: bool) -> None:
@@ -97,7 +110,7 @@ def harvest(
     noise: float = typer.Option(0.01, help="Synthetic: Gaussian noise std per dimension."),
     seed: int = typer.Option(0, help="Synthetic: random seed."),
     force: bool = typer.Option(False, help="Delete an existing store made by another config and start over."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Write one hookpoint's activations (or synthetic ground truth) to a Zarr activation store.
 
@@ -208,13 +221,8 @@ def _check(ok: bool, message: str) -> None:
 
 @app.command()
 def train(
-    store: str = typer.Option(
-        ...,
-        "--store",
-        "-s",
-        help="Activation store (from `sagsae harvest`): a directory or an fsspec URL (s3://…).",
-    ),
-    out: str = typer.Option("runs", "--out", "-o", help="Directory of run directories."),
+    store: StoreOpt,
+    out: RunsOut = "runs",
     variant: str = typer.Option(
         "sa-gsae", help=f"{', '.join(ARCHITECTURES)}; comma-separated for several."
     ),  # fmt: skip
@@ -229,14 +237,10 @@ def train(
     target_l0: str = typer.Option(
         "0", help="Adapt the coefficient to land at this L0 (comma-separated; 0 = off)."
     ),
-    seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
-    tokens: str = typer.Option("50M", help="Training tokens per run (50M, 200k, 1e6 ...)."),
-    batch: str = typer.Option(
-        "auto", help="Tokens per batch; auto: about 8,000 steps for --tokens (a power of two in 128-4096)."
-    ),
-    lr: str = typer.Option(
-        "auto", help="Base learning rate (auto: 2e-3); thresholds get --threshold-lr-mult x."
-    ),
+    seeds: Seeds = "0",
+    tokens: Tokens = "50M",
+    batch: Batch = "auto",
+    lr: Lr = "auto",
     threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
     warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
@@ -261,8 +265,8 @@ def train(
         help="Shards per global batch (0 = number of processes); set it "
         "to a torchrun run's process count to replay its batches on one device.",
     ),  # fmt: skip
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
-    dtype: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16."),
+    device: Device = "auto",
+    dtype: TrainDtype = "auto",
     checkpoint_every: int = typer.Option(1000, help="Steps between checkpoints."),
     log_every: int = typer.Option(50, help="Steps between history rows."),
     wandb: Optional[str] = typer.Option(None, "--wandb", help="Also log history rows to this wandb project."),
@@ -270,7 +274,7 @@ def train(
         False, help="Train on a store whose harvest has not finished (its norm factor is from partial data)."
     ),
     force: bool = typer.Option(False, help="Overwrite runs made with another config."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Train SAEs on a store: every (variant, coefficient, seed) is one run, all fed from one pass.
 
@@ -325,7 +329,7 @@ def train(
 def eval_cmd(
     runs: list[str] = typer.Argument(..., help="Run directories (shell globs welcome: runs/*)."),
     results: str = typer.Option("results", help="Results directory (Parquet tables)."),
-    eval_tokens: str = typer.Option("100k", help="Held-out tokens per run (the same for every run)."),
+    eval_tokens: EvalTokens = "100k",
     bipolar_threshold: float = typer.Option(0.1, help="Minority share at which a latent counts as bipolar."),
     lr_windows: int = typer.Option(16, help="Held-out windows for loss recovered on LM stores (0 = skip)."),
     model: Optional[str] = typer.Option(None, help="Model for loss recovered (default: the store's)."),
@@ -334,8 +338,8 @@ def eval_cmd(
         help="Also evaluate every snapshot a run kept (unfinished runs too) into <results>/checkpoints.",
     ),
     force: bool = typer.Option(False, help="Re-evaluate runs already in the table."),
-    device: str = typer.Option("auto", help="Where the SAEs run: auto (CUDA when present), cpu or cuda."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
     latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
@@ -368,21 +372,21 @@ def eval_cmd(
 
 @app.command()
 def ablate(
-    store: str = typer.Option(..., "--store", "-s", help="Activation store."),
+    store: StoreOpt,
     width: int = typer.Option(..., help="Width H (gated also runs at 2H)."),
     l1: float = typer.Option(0.4, help="Sparsity coefficient for every variant."),
     target_l0: float = typer.Option(0.0, help="Adapt each run's coefficient to this L0 instead (0 = off)."),
-    seeds: str = typer.Option("0", help="Model seeds, comma-separated."),
-    tokens: str = typer.Option("50M", help="Training tokens per run."),
-    batch: str = typer.Option("auto", help="Tokens per batch (auto: about 8,000 steps for --tokens)."),
-    lr: str = typer.Option("auto", help="Base learning rate (auto: 2e-3)."),
-    out: str = typer.Option("runs", help="Directory of run directories."),
+    seeds: Seeds = "0",
+    tokens: Tokens = "50M",
+    batch: Batch = "auto",
+    lr: Lr = "auto",
+    out: RunsOut = "runs",
     results: str = typer.Option("results", help="Results directory."),
-    eval_tokens: str = typer.Option("100k", help="Held-out tokens per run."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", help="auto, fp32 or bf16."),
+    eval_tokens: EvalTokens = "100k",
+    device: Device = "auto",
+    dtype: TrainDtype = "auto",
     force: bool = typer.Option(False, help="Retrain and re-evaluate."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """The ablation grid: tied, untied, no-aux, one-sided, no-reset, gated at H and gated at 2H;
     trained in one pass, evaluated, and tabulated relative to the tied default."""
@@ -531,9 +535,9 @@ def browse(
         False,
         help="RUN_A RUN_B: for each bipolar latent of A, the latents of B matching its + and − directions.",
     ),
-    device: str = typer.Option("auto", help="Where the SAEs run: auto (CUDA when present), cpu or cuda."),
+    device: Device = "auto",
     force: bool = typer.Option(False, help="Replace a site already in --out."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """A feature browser: per latent and sign, top contexts, activation histograms and logit effects,
     as features.parquet and a static site (open <out>/index.html; no server, no network)."""
@@ -603,7 +607,7 @@ def store_import(
     model: str = typer.Option("", help="Model name to record (SAELens cfg.json model_name)."),
     hook_name: str = typer.Option("", help="Hook name to record, e.g. blocks.6.hook_resid_pre."),
     force: bool = typer.Option(False, help="Delete an existing store at --out first."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Activations made elsewhere (SAELens cached activations, nnsight .npy, ...) into a store, streamed
     in slices with bounded memory; the first --split-eval of the rows becomes the eval split."""
@@ -625,7 +629,7 @@ def store_export(
     out: str = typer.Option(..., "--out", "-o", help="Directory for train.npy and eval.npy."),
     to: str = typer.Option("npy", help="Format (npy: float32, the stored units, not normalised)."),
     force: bool = typer.Option(False, help="Replace existing train.npy / eval.npy."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """A store's splits as .npy files (the way back from `store import`)."""
     from sagsae_cli.importer import export_store
