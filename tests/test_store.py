@@ -157,3 +157,37 @@ def test_sigkill_mid_write_then_resume_equals_uninterrupted(tmp_path):
         for name in ("acts", "positions", "sequence_ids"):
             np.testing.assert_array_equal(a.array(split, name)[:], b.array(split, name)[:])
     assert a.norm_factor == b.norm_factor
+
+
+def test_store_at_an_fsspec_url_resumes_and_forces_like_a_directory():
+    """memory:// through Zarr's FsspecStore: the same commit/resume/--force behaviour as on disk."""
+    import uuid
+
+    from sagsae_cli.location import Location, is_url
+
+    url = f"memory://sagsae-{uuid.uuid4().hex}/store"
+    assert is_url(url) and not is_url("/tmp/x") and not is_url("file:///tmp/x")
+    loc = Location(url)
+    assert loc.canonical() == url and loc.name == "store" and str(loc.child("mlp_out")) == url + "/mlp_out"
+    x = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    w = StoreWriter(url, d=4, dtype="bfloat16", config={"c": 1}, chunk_rows=4)
+    w.append("train", x[:4])
+    w.commit(cursor={"done": 4})
+    w.append("train", x[4:])  # queued, never committed: gone on reopen
+    w._flush()
+    w.close()
+    w = StoreWriter(url, d=4, dtype="bfloat16", config={"c": 1})
+    assert w.cursor == {"done": 4} and w.rows("train") == 4
+    w.append("train", x[4:])
+    w.commit(complete=True)
+    w.close()
+    s = open_store(url)
+    assert s.complete and s.rows("train") == 6
+    assert torch.equal(s.read("train", 0, 6), x.bfloat16().float())
+    s.check_chunks()
+    assert s.disk_bytes() > 0 and ".lock" not in loc.names()
+    with pytest.raises(SagsaeError, match="different config"):
+        StoreWriter(url, d=4, dtype="bfloat16", config={"c": 2})
+    w = StoreWriter(url, d=4, dtype="bfloat16", config={"c": 2}, force=True)
+    assert w.rows("train") == 0
+    w.close()
