@@ -173,6 +173,7 @@ class Run:
             self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(cfg.adam_beta1, cfg.adam_beta2)
         )
         self.step, self.history, self.coef = 0, [], cfg.l1
+        self._bad: torch.Tensor | None = None  # first non-finite step, its loss, bad batch (_watch_finite)
         self._claim(force)
 
     @property
@@ -230,6 +231,7 @@ class Run:
         return state
 
     def save_checkpoint(self) -> None:
+        self.check_finite()
         if not self.world.main:
             return
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -244,9 +246,11 @@ class Run:
     def snapshot(self, norm_factor: float) -> None:
         """An SAE-only copy at this step (cfg.json + weights, loadable like a run) for convergence curves."""
         if self.world.main and self.step in self.cfg.snapshot_steps:
+            self.check_finite()
             self._export(self.dir / "checkpoints" / snapshot_name(self.step * self.cfg.batch), norm_factor)
 
     def finish(self, norm_factor: float) -> None:
+        self.check_finite()
         if self.world.main:
             self._export(self.dir, norm_factor)
         self.exported = True
@@ -281,19 +285,7 @@ class Run:
                     p.grad = torch.zeros_like(p)
         terms = {k: v.detach() for k, v in terms.items()}
         n_total, loss_total, fired_any, active, terms = self._reduce(n, loss.detach(), f, terms)
-        if not math.isfinite(loss_total):
-            if n and not bool(torch.isfinite(x).all()):
-                raise SagsaeError(
-                    f"the store {cfg.store} holds NaN or inf activations (in the batch of step {self.step}): "
-                    "harvest it again (with --model-dtype float32 if it was float16)"
-                )
-            kept = (
-                f"the last good checkpoint (step {torch.load(self.ckpt, weights_only=False)['step']}) is kept in "
-                f"{self.ckpt}; rerun with --force and a lower --lr"
-                if self.ckpt.exists()
-                else f"no checkpoint was written yet; rerun with --force and a lower --lr (now {cfg.lr:g})"
-            )
-            raise SagsaeError(f"run {cfg.run_id}: the loss is {loss_total} at step {self.step}: {kept}")
+        self._watch_finite(loss_total, x if n else None)
         sae.remove_parallel_grad()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
         self.opt.step()
@@ -301,25 +293,63 @@ class Run:
         sae.update_fired(fired_any, n_total)
         if self.step < int(cfg.steps * (1 - cfg.decay_frac)):
             self._reset_dead()
-        l0_global = active / max(n_total, 1)
+        l0_global = active.double() / max(n_total, 1)  # float64, as the host division it replaces
         if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
-            err = (l0_global - cfg.target_l0) / cfg.target_l0
+            self.check_finite()  # the controller reads L0 on the host every step anyway
+            err = (float(l0_global) - cfg.target_l0) / cfg.target_l0
             self.coef *= math.exp(L0_GAIN * max(-1.0, min(1.0, err)))
         self.step += 1
         return {"loss": loss_total, "x_hat": x_hat, "f": f, "terms": terms, "l0": l0_global}
 
+    # --- non-finite losses, found without a host sync per step --------------------------------
+    def _watch_finite(self, loss: torch.Tensor, x: torch.Tensor | None) -> None:
+        """Remember (on the device) the first step whose loss was not finite, its loss and whether its
+        batch held NaN/inf; ``check_finite`` raises on it before anything is logged or saved."""
+        bad = ~torch.isfinite(loss)
+        bad_x = (
+            ~torch.isfinite(x).all()
+            if x is not None
+            else torch.zeros((), dtype=torch.bool, device=bad.device)
+        )
+        if self._bad is None:
+            self._bad = torch.full((3,), -1.0, dtype=torch.float64, device=bad.device)  # step, loss, bad x
+        first = bad & (self._bad[0] < 0)
+        step = torch.full((), float(self.step), dtype=torch.float64, device=bad.device)  # a fill, not a copy
+        here = torch.stack([step, loss.to(torch.float64), bad_x.to(torch.float64)])
+        self._bad.copy_(torch.where(first, here, self._bad))
+
+    def check_finite(self) -> None:
+        """Raise (one line) if a step since the start had a non-finite loss; the checkpoint on disk
+        predates it, since every save checks first."""
+        if self._bad is None or float(self._bad[0]) < 0:
+            return
+        step, loss, bad_x = self._bad.tolist()
+        if bad_x > 0:
+            raise SagsaeError(
+                f"the store {self.cfg.store} holds NaN or inf activations (in the batch of step {int(step)}): "
+                "harvest it again (with --model-dtype float32 if it was float16)"
+            )
+        kept = (
+            f"the last good checkpoint (step {torch.load(self.ckpt, weights_only=False)['step']}) is kept in "
+            f"{self.ckpt}; rerun with --force and a lower --lr"
+            if self.ckpt.exists()
+            else f"no checkpoint was written yet; rerun with --force and a lower --lr (now {self.cfg.lr:g})"
+        )
+        raise SagsaeError(f"run {self.cfg.run_id}: the loss is {loss} at step {int(step)}: {kept}")
+
     def _reduce(self, n: int, loss: torch.Tensor, f: torch.Tensor, terms: dict):
         """Global (rows, mean loss, fired flags, active count, mean terms): row-weighted gradients,
-        losses, L0 counts and fired flags are summed over ranks in one all-reduce."""
-        active = float((f != 0).sum())
+        losses, L0 counts and fired flags are summed over ranks in one all-reduce. Single process:
+        everything stays on the device (0-d tensors; read back only when a row is logged)."""
+        active = (f != 0).sum().to(torch.float32)
         if not self.world.active:
-            return n, float(loss), fired(f), active, {k: float(v) for k, v in terms.items()}
+            return n, loss, fired(f), active, terms
         params = list(self.sae.parameters())
         dev = self.world.device
-        scalars = torch.tensor(
-            [float(n), float(loss) * n, active]
-            + [float(terms[k]) * n if k in terms else 0.0 for k in self.sae.terms],
-            device=dev,
+        zero = torch.zeros((), device=dev)
+        scalars = torch.stack(
+            [torch.full((), float(n), device=dev), loss.to(dev).float() * n, active.to(dev)]
+            + [terms[k].to(dev).float() * n if k in terms else zero for k in self.sae.terms]
         )
         flat = torch.cat([p.grad.reshape(-1) * n for p in params] + [scalars, fired(f).float().to(dev)])
         all_reduce_sum(flat, self.world)
@@ -329,23 +359,23 @@ class Run:
         for p in params:
             p.grad.copy_(flat[i : i + p.numel()].view_as(p) / max(n_total, 1))
             i += p.numel()
-        mean = (sums[: len(scalars)] / max(n_total, 1)).tolist()
+        mean = sums[: len(scalars)] / max(n_total, 1)
         out_terms = {k: mean[3 + j] for j, k in enumerate(self.sae.terms) if k in terms or n == 0}
-        return n_total, mean[1], sums[len(scalars) :] > 0, float(sums[2]), out_terms
+        return n_total, mean[1], sums[len(scalars) :] > 0, sums[2], out_terms
 
     @torch.no_grad()
     def _reset_dead(self) -> None:
+        """Reset latents silent for the dead window (masked fills: no host sync, a no-op when none is)."""
         mask = self.sae.dead_mask(self.cfg.dead_tokens)
-        if not mask.any():
-            return
         names = self.sae.reset_latents(mask)
         params = dict(self.sae.named_parameters())
         for name in names:
             for moment in self.opt.state.get(params[name], {}).values():
                 if torch.is_tensor(moment) and moment.shape == mask.shape:
-                    moment[mask] = 0.0
+                    moment.masked_fill_(mask, 0.0)
 
     def log(self, x: torch.Tensor, result: dict) -> dict:
+        self.check_finite()
         f = result["f"]
         r2 = R2()
         r2.update(x.float(), result["x_hat"])
@@ -356,7 +386,7 @@ class Run:
             "coef": self.coef,
             "loss": float(result["loss"]),
             **{k: float(v) for k, v in result["terms"].items()},
-            "l0": result["l0"],
+            "l0": float(result["l0"]),
             "r2": r2.value(),
             "dead_frac": float(self.sae.dead_mask(self.cfg.dead_tokens).float().mean()),
             "neg_frac": float((f < 0).sum() / (f != 0).sum().clamp_min(1)),

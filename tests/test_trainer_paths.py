@@ -85,6 +85,32 @@ def test_dead_latents_are_reset_with_cleared_moments_but_not_in_the_final_20_per
     assert (run.sae.log_threshold[:3] == math.log(1e6)).all()
 
 
+def test_non_finite_steps_are_found_later_without_a_sync_and_named_exactly(store, tmp_path):
+    """The step reads nothing back from the device: a non-finite loss is remembered (its step, its
+    value, whether the batch held NaN) and raised by check_finite(), which every log, snapshot and
+    checkpoint calls first."""
+    from sagsae_cli.errors import SagsaeError
+
+    run, s, sample = _run(store, tmp_path)
+    auto = torch.autocast("cpu", enabled=False)
+    run.train_step(sample[:500], auto)
+    run.check_finite()  # nothing wrong yet
+    bad = sample[500:1000].clone()
+    bad[7, 3] = float("nan")
+    run.train_step(bad, auto)  # step 1: no exception here
+    run.train_step(sample[:500], auto)  # step 2 (parameters are NaN by now: also non-finite)
+    with pytest.raises(SagsaeError, match=r"NaN or inf activations \(in the batch of step 1\)"):
+        run.check_finite()
+    with pytest.raises(SagsaeError, match="NaN or inf activations"):
+        run.save_checkpoint()
+    assert not run.ckpt.exists()
+    run2, _, _ = _run(store, tmp_path / "b", lr=1e30)  # finite data, diverging loss
+    for i in range(6):
+        run2.train_step(sample[500 * i : 500 * (i + 1)], auto)
+    with pytest.raises(SagsaeError, match=r"the loss is (nan|inf|-inf) at step [1-5]: no checkpoint"):
+        run2.check_finite()
+
+
 def test_data_driven_start_opens_at_the_requested_l0():
     """On a known distribution (Gaussian), thresholds from the (1 - l0/H) quantile of |u| give an
     initial L0 near l0, where theta_0 = 1e-3 opens nearly every gate."""

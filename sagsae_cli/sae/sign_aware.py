@@ -57,9 +57,10 @@ class SignAwareSAE(GatedFamily):
 
     @torch.no_grad()
     def reset_latents(self, mask: torch.Tensor) -> list[str]:
-        if not self.cfg.reset or not mask.any():
+        if not self.cfg.reset:
             return []
-        self.log_threshold[mask] = math.log(self.cfg.theta0)
-        self.b_gate[mask] = 0.0
-        self.tokens_since_fired[mask] = 0
+        # masked fills, not mask.any() + indexing: no host sync per step (a no-op for an empty mask)
+        self.log_threshold.masked_fill_(mask, math.log(self.cfg.theta0))
+        self.b_gate.masked_fill_(mask, 0.0)
+        self.tokens_since_fired.masked_fill_(mask, 0)
         return ["log_threshold", "b_gate"]
