@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01}
+CANDIDATES=${CANDIDATES:-base batch256 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 

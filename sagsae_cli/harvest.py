@@ -52,7 +52,7 @@ class HarvestConfig:
     batch_size: int = 16  # windows per forward
     keep_bos: bool = False
     max_norm_ratio: float = 10.0  # 0 disables the filter
-    dtype: str = "float32"  # store dtype
+    dtype: str = "bfloat16"  # store dtype (docs/METHOD.md §8)
     model_dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
     device: str = "auto"
 

@@ -67,13 +67,15 @@ def test_stored_rows_equal_a_direct_forward(tiny, corpus, tmp_path):
             "--quiet", check=0)  # fmt: skip
     s = open_store(tmp_path / "s")
     assert s.rows("train") == 600 and s.rows("eval") == 150 and s.complete
+    assert s.dtype == "bfloat16"  # the default for model activations (docs/METHOD.md §8)
     assert s.meta["hook_name"] == "blocks.1.hook_mlp_out" and s.meta["layer"] == 1
     model, tok, _ = load_model(str(tiny["llama"]))
     windows = list(iter_windows(str(corpus), tok, 16, eval_windows=11))  # ceil(150/15) + 5% slack
     train = torch.tensor([w for split, w in windows if split == "train"][:40])
     with torch.no_grad():
         direct = run_to_layer(model, train, ["mlp_out"], layer=1)["mlp_out"][:, 1:].reshape(-1, 32)
-    assert torch.allclose(s.read("train", 0, 600), direct[:600], atol=1e-5)
+    # the forward's rows rounded to bfloat16, exactly (the model itself ran in float32)
+    assert torch.equal(s.read("train", 0, 600), direct[:600].bfloat16().float())
     assert (s.read_index("train", "positions", 0, 600) >= 1).all()  # BOS position skipped
     np.testing.assert_array_equal(s.read_index("train", "token_ids", 0, 15), train[0, 1:].numpy())
     eval_seq = set(s.read_index("eval", "sequence_ids", 0, 150).tolist())
