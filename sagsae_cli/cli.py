@@ -125,8 +125,11 @@ def harvest(
         f"--max-norm-ratio must be 0 (keep all) or >= 1 (got {max_norm_ratio:g})",
     )
     _check(context >= 2 and batch_size >= 1, "--context must be >= 2 and --batch-size >= 1")
+    from sagsae_cli.store import DTYPE_ALIASES
+
     if dtype == "auto":  # docs/METHOD.md §8: bf16 halves an LM store at no measurable cost in R²
         dtype = "float32" if source == "synthetic" else "bfloat16"
+    dtype, model_dtype = DTYPE_ALIASES.get(dtype, dtype), DTYPE_ALIASES.get(model_dtype, model_dtype)
     if source == "synthetic":
         from sagsae_cli.synthetic import PROTOCOLS, SyntheticConfig, write_synthetic_store
 
@@ -607,7 +610,9 @@ def store_import(
         0.05, help="Share of rows (of contexts, for (contexts, seq, d) sources) held out."
     ),
     column: Optional[str] = typer.Option(None, help="Array name in .npz/.safetensors, or datasets column."),
-    dtype: str = typer.Option("float32", help="Store dtype: float32, float16 or bfloat16."),
+    dtype: str = typer.Option(
+        "float32", help="Store dtype: float32 (fp32), bfloat16 (bf16) or float16 (fp16)."
+    ),
     max_norm_ratio: float = typer.Option(10.0, help="Drop rows above this x the median norm (0 = keep all)."),
     model: str = typer.Option("", help="Model name to record (SAELens cfg.json model_name)."),
     hook_name: str = typer.Option("", help="Hook name to record, e.g. blocks.6.hook_resid_pre."),
@@ -623,6 +628,9 @@ def store_import(
         math.isfinite(max_norm_ratio) and max_norm_ratio >= 0,
         f"--max-norm-ratio must be >= 0 (got {max_norm_ratio:g})",
     )
+    from sagsae_cli.store import DTYPE_ALIASES
+
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
     path = import_store(src, out, split_eval=split_eval, column=column, dtype=dtype, max_norm_ratio=max_norm_ratio,
                         model=model, hook_name=hook_name, force=force, quiet=quiet)  # fmt: skip
     _print_info(str(path))

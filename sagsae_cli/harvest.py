@@ -31,7 +31,7 @@ from sagsae_cli.hooks import decoder_layers, family_of, hook_definition, parse_h
 from sagsae_cli.location import Location
 from sagsae_cli.models import load_model
 from sagsae_cli.progress import progress_bar
-from sagsae_cli.store import StoreWriter
+from sagsae_cli.store import DTYPE_ALIASES, StoreWriter
 
 COMMIT_SECONDS = 5.0  # stores are committed this often (and at the end); SAGSAE_COMMIT_SECONDS overrides
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,6 +75,7 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
     mdtype = (
         cfg.model_dtype if cfg.model_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     )
+    mdtype = DTYPE_ALIASES.get(mdtype, mdtype)
     if mdtype not in TORCH_DTYPES:
         raise SagsaeError(f"--model-dtype must be auto, float32, bfloat16 or float16 (got {mdtype!r})")
     model, tok, source = load_model(cfg.model, cfg.revision, TORCH_DTYPES[mdtype], device)

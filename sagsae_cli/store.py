@@ -36,6 +36,8 @@ DTYPES = {
     "float16": ("float16", torch.float16),
     "bfloat16": ("uint16", torch.bfloat16),
 }
+# the short names train's --dtype uses, accepted wherever a store or model dtype is asked for
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 INDEX_ARRAYS = {"token_ids": "int32", "positions": "int32", "sequence_ids": "int64"}
 FLOAT16_MAX = 65504.0
 FLUSH_BYTES = 256 << 20  # queued appends are written to disk (not yet committed) beyond this size
@@ -213,6 +215,7 @@ class StoreWriter:
         force: bool = False,
         chunk_rows: int | None = None,
     ):
+        dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
             raise SagsaeError(f"unknown store dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.path = path if isinstance(path, Location) else Location(path)

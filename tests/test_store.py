@@ -191,3 +191,21 @@ def test_store_at_an_fsspec_url_resumes_and_forces_like_a_directory():
     w = StoreWriter(url, d=4, dtype="bfloat16", config={"c": 2}, force=True)
     assert w.rows("train") == 0
     w.close()
+
+
+def test_dtype_names_are_one_vocabulary(tmp_path, capsys):
+    """harvest and import take train's short names too (bf16, fp32), and record the long one."""
+    from conftest import run_inproc
+
+    p = run_inproc("harvest", "--source", "synthetic", "--tokens", 2000, "--eval-tokens", 100, "--dtype", "bf16",
+                   "--out", tmp_path / "s", "--quiet", capsys=capsys)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert open_store(tmp_path / "s").dtype == "bfloat16"
+    np.save(tmp_path / "x.npy", np.ones((100, 4), dtype="float32"))
+    p = run_inproc("store", "import", tmp_path / "x.npy", "--out", tmp_path / "i", "--dtype", "fp32", "--quiet",
+                   capsys=capsys)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert open_store(tmp_path / "i").dtype == "float32"
+    p = run_inproc("harvest", "--source", "synthetic", "--tokens", 100, "--dtype", "float8", "--out", tmp_path / "b",
+                   "--quiet", capsys=capsys)  # fmt: skip
+    assert p.returncode == 2 and "unknown store dtype 'float8'" in p.stderr
