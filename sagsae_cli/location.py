@@ -122,7 +122,7 @@ class Location:
             return [p.name for p in self.local.iterdir()] if self.local.is_dir() else []
         self.fs.invalidate_cache()
         try:
-            entries = self.fs.ls(self._key(), detail=False) if self.fs.exists(self._key()) else []
+            entries = self.fs.ls(self._key(), detail=False)
         except FileNotFoundError:
             return []
         except Exception as e:

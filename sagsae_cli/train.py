@@ -187,7 +187,7 @@ class Run:
     def _claim(self, force: bool) -> None:
         """Start or resume the run. Rank 0 alone reads the run directory and hands every rank its
         checkpoint, so ranks on other nodes need no shared file system (nor the same --out)."""
-        state, self.exported = on_main(lambda: self._claim_main(force), self.world) or (None, False)
+        state, self.exported = on_main(lambda: self._claim_main(force), self.world)
         if state is not None:
             self.sae.load_state_dict(state["sae"])
             self.opt.load_state_dict(state["opt"])
@@ -197,7 +197,7 @@ class Run:
                 state.get("coef", self.cfg.l1),
             )
 
-    def _claim_main(self, force: bool) -> tuple[dict | None, bool] | None:
+    def _claim_main(self, force: bool) -> tuple[dict | None, bool]:
         """(checkpoint state or None, whether the run's weights were exported), on rank 0."""
         record = self.dir / TRAIN_CFG
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
@@ -216,7 +216,7 @@ class Run:
         for snap in (self.dir / "checkpoints").glob(f"{SNAPSHOT_PREFIX}*"):  # interrupted ones too
             shutil.rmtree(snap)
         atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
-        return None
+        return None, False
 
     def _load(self) -> dict:
         try:
@@ -341,14 +341,14 @@ class Run:
         """Global (rows, mean loss, fired flags, active count, mean terms): row-weighted gradients,
         losses, L0 counts and fired flags are summed over ranks in one all-reduce. Single process:
         everything stays on the device (0-d tensors; read back only when a row is logged)."""
-        active = (f != 0).sum().to(torch.float32)
+        active = (f != 0).sum()  # int64: exact at any batch x width, as the host count it replaces
         if not self.world.active:
             return n, loss, fired(f), active, terms
         params = list(self.sae.parameters())
         dev = self.world.device
         zero = torch.zeros((), device=dev)
         scalars = torch.stack(
-            [torch.full((), float(n), device=dev), loss.to(dev).float() * n, active.to(dev)]
+            [torch.full((), float(n), device=dev), loss.to(dev).float() * n, active.to(dev, torch.float32)]
             + [terms[k].to(dev).float() * n if k in terms else zero for k in self.sae.terms]
         )
         flat = torch.cat([p.grad.reshape(-1) * n for p in params] + [scalars, fired(f).float().to(dev)])
