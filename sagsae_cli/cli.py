@@ -653,6 +653,23 @@ def store_export(
 
 
 def main() -> None:
+    """The console entry point: runs the command, then leaves through `distributed.leave`."""
+    from sagsae_cli.distributed import leave
+
+    try:
+        _main()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    if not isinstance(code, int):  # sys.exit("message") prints it and exits 1, as Python does
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    leave(code)
+
+
+def _main() -> None:
     try:
         with disk_space():  # a full disk outside the store and atomic_write, which name their file
             rc = typer.main.get_command(app).main(prog_name="sagsae", standalone_mode=False)
