@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -22,6 +22,7 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
   case "$1" in
     base) echo "--batch 1024 --lr 2e-3" ;;
     batch256) echo "--batch 256 --lr 2e-3" ;;
+    batch128) echo "--batch 128 --lr 2e-3" ;;  # the smallest batch --batch auto picks
     lr5e-3) echo "--batch 1024 --lr 5e-3" ;;
     initl0) echo "--batch 1024 --lr 2e-3 --init-l0 3" ;;
     beta09) echo "--batch 1024 --lr 2e-3 --adam-beta1 0.9" ;;
@@ -35,6 +36,7 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-theta01) echo "--batch 256 --lr 2e-3 --theta0 0.1" ;;
     b256-l1warm0) echo "--batch 256 --lr 2e-3 --l1-warmup 0" ;;
     b256-noreset) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without dead-latent resets (sa_variant)
+    b256-split) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE with per-sign thresholds (sa_variant)
     *) "$1"_flags ;;
   esac
 }
@@ -42,6 +44,7 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
 sa_variant() {  # candidate -> the SA-GSAE variant trained at H (the A side of the comparison)
   case "$1" in
     *noreset*) echo "no-reset" ;;
+    *split*) echo "sa-gsae-split" ;;
     *) echo "sa-gsae" ;;
   esac
 }

@@ -23,6 +23,6 @@ cell C --protocol C
 sagsae train --store "$ROOT/stores/C" --out "$ROOT/runs/C" --variant sa-gsae --width 96 "${COMMON[@]}"
 sagsae train --store "$ROOT/stores/C" --out "$ROOT/runs/C" --variant gated --width 48 "${COMMON[@]}"
 
-sagsae eval "$ROOT"/runs/*/* --results "$ROOT/results"
+sagsae eval "$ROOT"/runs/*/* --results "$ROOT/results" --checkpoints  # also the snapshots: tokens-to-converge
 sagsae compare --results "$ROOT/results" --matched-l0 2.5
 for FIG in pareto dead census; do sagsae plot "$FIG" --results "$ROOT/results" --out "$ROOT/figures"; done

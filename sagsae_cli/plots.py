@@ -20,6 +20,7 @@ COLORS = {
     "no-aux": "#8c564b",
     "one-sided": "#e377c2",
     "no-reset": "#bcbd22",
+    "sa-gsae-split": "#17becf",
     "gated": "#1f77b4",
     "relu": "#7f7f7f",
     "topk": "#2ca02c",

@@ -30,6 +30,7 @@ ARCHITECTURE = "sa-gsae"
 class SAGSAEConfig(SAEConfig):
     tied: bool = True  # r+ = r-, b_mag+ = b_mag-
     one_sided: bool = False  # the negative gate never opens
+    split_threshold: bool = False  # the negative side has its own threshold (threshold_neg)
 
     @classmethod
     def architecture(cls) -> str:
@@ -47,6 +48,8 @@ class SAGSAE(SAE[SAGSAEConfig]):
         super().initialize_weights()
         z = lambda: nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
         self.b_gate, self.threshold = z(), z()
+        if self.cfg.split_threshold:
+            self.threshold_neg = z()
         for side in ("",) if self.cfg.tied else ("_pos", "_neg"):
             setattr(self, f"r_mag{side}", z())
             setattr(self, f"b_mag{side}", z())
@@ -61,7 +64,9 @@ class SAGSAE(SAE[SAGSAEConfig]):
             m_neg = u * self.r_mag_neg.exp() + self.b_mag_neg
         m_pos = self.hook_sae_acts_pre(m_pos)
         open_pos = pi > self.threshold
-        open_neg = (pi < -self.threshold) & (not self.cfg.one_sided)
+        open_neg = (pi < -(self.threshold_neg if self.cfg.split_threshold else self.threshold)) & (
+            not self.cfg.one_sided
+        )
         f = torch.where(open_pos & (m_pos > 0), m_pos, 0.0) + torch.where(open_neg & (m_neg < 0), m_neg, 0.0)
         return self.hook_sae_acts_post(f)
 

@@ -13,6 +13,7 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "no-aux": ("sa-gsae", {"alpha": 0.0}),
     "one-sided": ("sa-gsae", {"one_sided": True}),
     "no-reset": ("sa-gsae", {"reset": False}),
+    "sa-gsae-split": ("sa-gsae", {"split_threshold": True}),
     "gated": ("gated", {}),
     "relu": ("relu", {}),
     "topk": ("topk", {}),

@@ -22,6 +22,8 @@ def make(name, **kw):
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
         if hasattr(sae, "log_threshold"):
             sae.log_threshold.fill_(math.log(0.4))
+        if hasattr(sae, "log_threshold_neg"):  # split: a negative side that differs from the positive
+            sae.log_threshold_neg.fill_(math.log(0.25))
     return sae
 
 
@@ -35,16 +37,18 @@ def grads_of(sae, term):
     return {n: (p.grad is not None and p.grad.abs().sum().item() > 0) for n, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied"])
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "sa-gsae-split"])
 def test_sa_gsae_gradient_routes(name):
     sae = make(name)
     mags = {n for n, _ in sae.named_parameters() if n.startswith(("r_mag", "b_mag"))}
+    thresholds = {n for n, _ in sae.named_parameters() if n.startswith("log_threshold")}
+    assert len(thresholds) == (2 if name == "sa-gsae-split" else 1)
     mse = grads_of(sae, "mse")
     assert {n for n, v in mse.items() if v} == {"W_enc", "W_dec", "b_dec", *mags}  # not b_gate, theta
     sparsity = grads_of(sae, "sparsity")
-    assert {n for n, v in sparsity.items() if v} == {"W_enc", "b_dec", "b_gate", "log_threshold"}
+    assert {n for n, v in sparsity.items() if v} == {"W_enc", "b_dec", "b_gate", *thresholds}
     aux = grads_of(sae, "aux")
-    assert {n for n, v in aux.items() if v} == {"W_enc", "b_dec", "b_gate", "log_threshold"}
+    assert {n for n, v in aux.items() if v} == {"W_enc", "b_dec", "b_gate", *thresholds}
     assert not aux["W_dec"]  # the auxiliary reconstruction uses a frozen decoder
 
 
@@ -73,7 +77,7 @@ def test_aux_pulls_theta_down_and_sparsity_pushes_it_up():
         assert (g[3:] == 0).all()  # closed latents get no gradient from either term
 
 
-@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "gated", "relu"])
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "sa-gsae-split", "gated", "relu"])
 def test_gradcheck(name):
     """Autograd equals finite differences: for mse + sparsity in every parameter, and for the aux
     term in the parameters it does not stop-gradient (W_dec and b_dec's addend are frozen there).
@@ -122,6 +126,33 @@ def test_tied_equals_untied_with_equal_parameters():
     a, b = tied(x), untied(x)
     assert torch.equal(a.f, b.f) and torch.equal(a.x_hat, b.x_hat)
     assert all(torch.equal(a.losses[t], b.losses[t]) for t in a.losses)
+
+
+def test_split_thresholds_reduce_to_one_and_act_on_their_own_side():
+    """With theta- = theta+ the split variant is SA-GSAE exactly; apart, each threshold's gradient
+    comes only from its own side's open gates (METHOD.md §8: split thresholds)."""
+    one, split = make("sa-gsae"), make("sa-gsae-split")
+    with torch.no_grad():
+        for n, p in one.named_parameters():
+            getattr(split, n).copy_(p)
+        split.log_threshold_neg.copy_(one.log_threshold)
+    x = x_batch()
+    a, b = one(x), split(x)
+    assert torch.equal(a.f, b.f)
+    for term in a.losses:
+        assert torch.equal(a.losses[term], b.losses[term])
+    with torch.no_grad():  # now only the negative side's gates move
+        split.log_threshold_neg.fill_(math.log(1e6))
+    c = split(x)
+    assert (c.f >= 0).all() and torch.equal(c.f[c.f > 0], a.f[c.f > 0]) and (a.f < 0).any()
+    split = make("sa-gsae-split")
+    for side, param in ((1, "log_threshold"), (-1, "log_threshold_neg")):
+        split.zero_grad(set_to_none=True)
+        split(x).losses["sparsity"].backward()
+        u = (x - split.b_dec) @ split.W_enc + split.b_gate
+        opened = (side * u > getattr(split, param).exp()).any(0)  # latents open on this side
+        g = getattr(split, param).grad
+        assert (g[opened] < 0).all() and (g[~opened] == 0).all()  # L1 raises only what it sees open
 
 
 def test_bi_jump_relu_never_opens_both_sides_and_follows_the_gate_sign():
@@ -213,6 +244,10 @@ def test_threshold_reset_and_ablation_switches():
     assert sae.reset_latents(mask) == ["log_threshold", "b_gate"]
     assert torch.allclose(sae.log_threshold[:3], torch.full((3,), math.log(1e-3)))
     assert (sae.b_gate[:3] == 0).all() and (sae.b_gate[3:] != 0).all()
+    split = make("sa-gsae-split")
+    assert split.reset_latents(mask) == ["log_threshold", "log_threshold_neg", "b_gate"]
+    assert torch.allclose(split.log_threshold_neg[:3], torch.full((3,), math.log(1e-3)))
+    assert torch.allclose(split.log_threshold_neg[3:], torch.full((N - 3,), math.log(0.25)))
     assert make("no-reset").reset_latents(mask) == []
     assert "aux" not in make("no-aux")(x_batch()).losses
     assert (make("one-sided").encode(x_batch()) >= 0).all()
@@ -225,7 +260,9 @@ def test_save_load_exact_and_folded_export(tmp_path, name):
     back, s = load_sae(tmp_path / "plain")
     assert s == 1.0
     for (n, p), (_, q) in zip(sae.named_parameters(), back.named_parameters()):
-        assert torch.allclose(p, q, rtol=1e-6, atol=0) if n == "log_threshold" else torch.equal(p, q), n
+        assert (
+            torch.allclose(p, q, rtol=1e-6, atol=0) if n.startswith("log_threshold") else torch.equal(p, q)
+        ), n
     scale = 7.5
     sae.save(tmp_path / "folded", norm_factor=scale)
     raw_model, _ = load_sae(tmp_path / "folded", normalised=False)
@@ -244,13 +281,14 @@ def reference_sa_gsae(sae, x):
     u = (x - sae.b_dec) @ sae.W_enc
     pi = u + sae.b_gate
     theta = sae.log_threshold.exp()
+    theta_neg = sae.log_threshold_neg.exp() if sae.cfg.split_threshold else theta
     tied = sae.cfg.tied
     r_pos, b_pos = (sae.r_mag, sae.b_mag) if tied else (sae.r_mag_pos, sae.b_mag_pos)
     r_neg, b_neg = (sae.r_mag, sae.b_mag) if tied else (sae.r_mag_neg, sae.b_mag_neg)
     g_pos = (pi - theta > 0).float()
-    g_neg = (-pi - theta > 0).float() * (0.0 if sae.cfg.one_sided else 1.0)
+    g_neg = (-pi - theta_neg > 0).float() * (0.0 if sae.cfg.one_sided else 1.0)
     f = g_pos * torch.relu(r_pos.exp() * u + b_pos) - g_neg * torch.relu(-(r_neg.exp() * u + b_neg))
-    s = torch.relu(pi - theta) - (0.0 if sae.cfg.one_sided else 1.0) * torch.relu(-pi - theta)
+    s = torch.relu(pi - theta) - (0.0 if sae.cfg.one_sided else 1.0) * torch.relu(-pi - theta_neg)
     x_hat = f @ sae.W_dec + sae.b_dec
     losses = {
         "mse": (x - x_hat).pow(2).sum(-1).mean(),
@@ -260,7 +298,7 @@ def reference_sa_gsae(sae, x):
     return f, losses
 
 
-@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "one-sided"])
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "one-sided", "sa-gsae-split"])
 def test_fused_kernel_matches_the_literal_formulas(name):
     sae = make(name).double()
     x = x_batch(128).double()

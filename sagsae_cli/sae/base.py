@@ -36,6 +36,7 @@ class SAEConfig:
     tied: bool = True  # sa-gsae: r+ = r-, b_mag+ = b_mag-
     one_sided: bool = False  # sa-gsae: the negative gate never opens
     reset: bool = True  # sa-gsae: dead-latent threshold reset
+    split_threshold: bool = False  # sa-gsae: the negative side has its own threshold theta-
     theta0: float = 1e-3  # initial threshold (sa-gsae, jumprelu), normalised units
     bandwidth: float = 1e-3  # jumprelu: straight-through rectangle width
     aux_k: int = 256  # topk: latents in the auxK loss
@@ -84,7 +85,7 @@ class SAE(nn.Module):
         self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
         self.W_enc.copy_(self.W_dec.T)
         for name, p in self.named_parameters():
-            if name == "log_threshold":
+            if name.startswith("log_threshold"):
                 p.fill_(math.log(self.cfg.theta0))
             elif name not in ("W_enc", "W_dec"):
                 p.zero_()
@@ -170,14 +171,14 @@ class SAE(nn.Module):
         """Parameters under their saved (SAELens) names: a trained log_threshold is saved as
         ``threshold`` (theta itself), as SAELens's JumpReLU does."""
         t = {n: p.detach() for n, p in self.named_parameters()}
-        if "log_threshold" in t:
-            t["threshold"] = t.pop("log_threshold").exp()
+        for name in [n for n in t if n.startswith("log_threshold")]:  # also log_threshold_neg
+            t[name.removeprefix("log_")] = t.pop(name).exp()
         return t
 
     def import_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         tensors = dict(tensors)
-        if "threshold" in tensors:
-            tensors["log_threshold"] = tensors.pop("threshold").log()
+        for name in [n for n in tensors if n.startswith("threshold")]:
+            tensors["log_" + name] = tensors.pop(name).log()
         missing = {n for n, _ in self.named_parameters()} - set(tensors)
         if missing:
             raise SagsaeError(

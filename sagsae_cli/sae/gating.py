@@ -3,7 +3,8 @@
 Given the shared projection u (tokens x latents):
 
     pi = u + b_gate
-    s  = pi - clamp(pi, -theta, theta)     two-sided: ReLU(pi - theta) - ReLU(-pi - theta)
+    s  = pi - clamp(pi, -theta-, theta+)   two-sided: ReLU(pi - theta+) - ReLU(-pi - theta-)
+                                           (theta- = theta+ unless the thresholds are split)
     s  = ReLU(pi - theta)                  one-sided (theta = 0: the Gated SAE's ReLU(pi))
     m± = exp(r±) u + b_mag±
     f  = m+ [s > 0 and m+ > 0] + m- [s < 0 and m- < 0]       (the Bi-Jump-ReLU; tied: m+ = m-)
@@ -24,10 +25,10 @@ from sagsae_cli.sae.base import SAE, Output
 
 class _GateCode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_gate, theta, r_pos, b_pos, r_neg, b_neg, two_sided):
+    def forward(ctx, u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided):
         pi = u + b_gate
         if two_sided:
-            s = pi - torch.clamp(pi, -theta, theta)
+            s = pi - torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta)
         else:
             s = torch.clamp_min(pi - theta, 0.0)
         e_pos = r_pos.exp()
@@ -44,22 +45,22 @@ class _GateCode(torch.autograd.Function):
             f = m_pos * keep_pos + m_neg * keep_neg
         n = u.shape[0]
         l1 = torch.linalg.vector_norm(s, 1) / max(n, 1)
-        ctx.save_for_backward(u, s, keep_pos, keep_neg, e_pos, e_neg, theta)
+        ctx.save_for_backward(u, s, keep_pos, keep_neg, e_pos, e_neg)
         ctx.two_sided = two_sided
         return f, s, l1
 
     @staticmethod
     def backward(ctx, g_f, g_s, g_l1):
-        u, s, keep_pos, keep_neg, e_pos, e_neg, theta = ctx.saved_tensors
+        u, s, keep_pos, keep_neg, e_pos, e_neg = ctx.saved_tensors
         need = ctx.needs_input_grad
         sign = torch.sign(s)  # 0 where the gate is closed
         g_pi = g_s * (s != 0) if g_s is not None else torch.zeros_like(s)
         if g_l1 is not None:
             g_pi.add_(sign, alpha=float(g_l1) / max(u.shape[0], 1))
-        grads = [None] * 8
+        grads = [None] * 9
         g_u = g_pi.clone() if need[0] else None
         if g_f is not None:
-            for keep, e, i in ((keep_pos, e_pos, 3), (keep_neg, e_neg, 5)):
+            for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
                 if keep is None:
                     continue
                 g_m = g_f * keep
@@ -72,15 +73,18 @@ class _GateCode(torch.autograd.Function):
         grads[0] = g_u
         if need[1]:
             grads[1] = g_pi.sum(0)
-        if need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
+        if need[3]:  # split: ds/dtheta+ = -1 where s > 0, ds/dtheta- = +1 where s < 0
+            grads[2] = -(g_pi * (s > 0)).sum(0) if need[2] else None
+            grads[3] = (g_pi * (s < 0)).sum(0)
+        elif need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
             grads[2] = -(g_pi * sign).sum(0) if ctx.two_sided else -g_pi.sum(0)
-        del theta
         return tuple(grads)
 
 
-def gate_code(u, b_gate, theta, r_pos, b_pos, r_neg=None, b_neg=None, two_sided=True):
-    """(f, s, l1) as in the module docstring; theta is a per-latent tensor (zeros for the Gated SAE)."""
-    return _GateCode.apply(u, b_gate, theta, r_pos, b_pos, r_neg, b_neg, two_sided)
+def gate_code(u, b_gate, theta, r_pos, b_pos, r_neg=None, b_neg=None, two_sided=True, theta_neg=None):
+    """(f, s, l1) as in the module docstring; theta is a per-latent tensor (zeros for the Gated SAE),
+    theta_neg the negative side's own threshold (None: theta on both sides)."""
+    return _GateCode.apply(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided)
 
 
 class GatedFamily(SAE):

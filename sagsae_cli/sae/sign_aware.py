@@ -8,7 +8,9 @@
     L  = ||x - x_hat||^2 + lambda sum|s| + alpha ||x - (s sg(W_dec) + sg(b_dec))||^2
 
 Tied (default): r+ = r- = r_mag, b_mag+ = b_mag- = b_mag. Ablations as config switches:
-alpha = 0 (no-aux), one_sided (g- = 0), reset = False (no dead-latent threshold reset).
+alpha = 0 (no-aux), one_sided (g- = 0), reset = False (no dead-latent threshold reset),
+split_threshold (ours, a convergence candidate: g- = H(-pi - theta-) with its own log_threshold_neg,
+so closing one side no longer needs b_gate to move, which opens the other).
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from sagsae_cli.sae.gating import GatedFamily, gate_code
 
 class SignAwareSAE(GatedFamily):
     saelens_architecture = "sa-gsae"
-    threshold_params = ("log_threshold",)
+    threshold_params = ("log_threshold", "log_threshold_neg")
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
         n = cfg.d_sae
         self.b_gate = nn.Parameter(torch.zeros(n))
         self.log_threshold = nn.Parameter(torch.zeros(n))
+        if cfg.split_threshold:
+            self.log_threshold_neg = nn.Parameter(torch.zeros(n))
         sides = ("",) if cfg.tied else ("_pos", "_neg")
         for side in sides:
             setattr(self, f"r_mag{side}", nn.Parameter(torch.zeros(n)))
@@ -42,7 +46,13 @@ class SignAwareSAE(GatedFamily):
             mags = (self.r_mag, self.b_mag)
         else:
             mags = (self.r_mag_pos, self.b_mag_pos, self.r_mag_neg, self.b_mag_neg)
-        return gate_code(u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided)
+        neg = self.log_threshold_neg.exp() if self.cfg.split_threshold else None
+        return gate_code(
+            u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided, theta_neg=neg
+        )
+
+    def _thresholds(self) -> list[nn.Parameter]:
+        return [self.log_threshold] + ([self.log_threshold_neg] if self.cfg.split_threshold else [])
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, l0: float) -> None:
@@ -53,14 +63,16 @@ class SignAwareSAE(GatedFamily):
         u = self.pre(sample.float()).abs()
         theta = u.kthvalue(1 + int(round(q * (u.shape[0] - 1))), dim=0).values
         self.b_gate.zero_()
-        self.log_threshold.copy_(theta.clamp_min(1e-6).log())
+        for p in self._thresholds():
+            p.copy_(theta.clamp_min(1e-6).log())
 
     @torch.no_grad()
     def reset_latents(self, mask: torch.Tensor) -> list[str]:
         if not self.cfg.reset:
             return []
         # masked fills, not mask.any() + indexing: no host sync per step (a no-op for an empty mask)
-        self.log_threshold.masked_fill_(mask, math.log(self.cfg.theta0))
+        for p in self._thresholds():
+            p.masked_fill_(mask, math.log(self.cfg.theta0))
         self.b_gate.masked_fill_(mask, 0.0)
         self.tokens_since_fired.masked_fill_(mask, 0)
-        return ["log_threshold", "b_gate"]
+        return [*(n for n, p in self.named_parameters() if n.startswith("log_threshold")), "b_gate"]
