@@ -256,6 +256,9 @@ def train(
         0.0,
         help="Data-driven start: thresholds open at about this L0 on the first batch (0 = theta_0 for all).",
     ),
+    init_decoder: str = typer.Option(
+        "random", help="Decoder start: random unit rows, or data (unit-norm centred training rows)."
+    ),
     l1_warmup: float = typer.Option(0.05, help="Fraction of the run over which lambda ramps up linearly."),
     lr_decay: float = typer.Option(
         0.2, help="Final fraction of the run over which the lr decays linearly to 0."
@@ -312,12 +315,13 @@ def train(
         theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
         "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
     )
+    _check(init_decoder in ("random", "data"), f"--init-decoder is random or data (got {init_decoder!r})")
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
         threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
-        l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
+        init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
         dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
     variants = [v.strip() for v in variant.split(",") if v.strip()]

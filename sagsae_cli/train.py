@@ -61,6 +61,7 @@ class TrainConfig:
     decay_frac: float = 0.2
     l1_warmup_frac: float = 0.05
     init_l0: float = 0.0  # > 0: data-driven thresholds that open at about this L0 at step 0
+    init_decoder: str = "random"  # "data": decoder rows = centred training rows (W_enc = W_dec^T)
     clip: float = 1.0
     theta0: float = 1e-3
     dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
@@ -96,6 +97,8 @@ class TrainConfig:
             raise SagsaeError(f"--width must be positive (got {self.width})")
         if self.l1 < 0 or self.target_l0 < 0:
             raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
+        if self.init_decoder not in ("random", "data"):
+            raise SagsaeError(f"--init-decoder is random or data (got {self.init_decoder!r})")
         if knob(self.variant) == "k" and not 0 < self.k <= self.width:
             raise SagsaeError(f"{self.variant} needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
@@ -166,6 +169,8 @@ class Run:
         )  # fmt: skip
         self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
         self.sae.init_b_dec(sample)
+        if cfg.init_decoder == "data":
+            self.sae.init_decoder_from_data(sample, torch.Generator().manual_seed(cfg.seed))
         if cfg.init_l0 > 0:
             self.sae.init_from_data(sample[:8192], cfg.init_l0)
         self.sae.to(world.device)
@@ -202,7 +207,7 @@ class Run:
         record = self.dir / TRAIN_CFG
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
-            theirs = read_json(record, "pass --force to start this run over")
+            theirs = {**_DEFAULTS, **read_json(record, "pass --force to start this run over")}
             if _same_store_path(theirs) != _same_store_path(mine):
                 diff = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise SagsaeError(
@@ -433,6 +438,10 @@ class RunLocks:
         for fd in self.fds:
             unlock(fd)
         self.fds.clear()
+
+
+# a setting added after a run was made is read as its default, so older runs still resume
+_DEFAULTS = json.loads(json.dumps(asdict(TrainConfig()), default=str))
 
 
 def _same_store_path(cfg: dict) -> dict:

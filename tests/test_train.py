@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,42 @@ def test_other_config_in_out_dir_refused_without_force(synth, tmp_path):
     p = run_cli(*_train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "gated"}), check=2)
     assert "different config" in p.stderr and "--force" in p.stderr
     run_cli(*_train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "gated"}), "--force", check=0)
+
+
+def test_run_made_before_a_setting_existed_still_resumes(synth, tmp_path):
+    # a train_cfg.json written before --init-decoder existed lacks the key: it reads as the default
+    args = _train_args(synth, tmp_path, **{"--tokens": 5000, "--variant": "gated"})
+    run_cli(*args, check=0)
+    record = tmp_path / "gated-w32-l1_0.3-s0" / "train_cfg.json"
+    cfg = json.loads(record.read_text())
+    assert cfg.pop("init_decoder") == "random"
+    record.write_text(json.dumps(cfg))
+    weights = (tmp_path / "gated-w32-l1_0.3-s0" / "sae_weights.safetensors").read_bytes()
+    run_cli(*args, check=0)  # finished: skipped, not refused
+    assert (tmp_path / "gated-w32-l1_0.3-s0" / "sae_weights.safetensors").read_bytes() == weights
+    p = run_cli(*args, "--init-decoder", "data", check=2)  # a real difference is still refused
+    assert "init_decoder" in p.stderr and "different config" in p.stderr
+
+
+def test_init_decoder_from_data(synth, tmp_path):
+    from sagsae_cli.sae import SAEConfig, build_sae
+
+    x = torch.randn(100, 12, generator=torch.Generator().manual_seed(0)) + 3.0
+    for n in (40, 250):  # fewer latents than rows, and more (rows are reused)
+        sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=12, d_sae=n, l1=0.3))
+        sae.init_b_dec(x)
+        sae.init_decoder_from_data(x, torch.Generator().manual_seed(1))
+        centred = x - x.mean(0)
+        unit = centred / centred.norm(dim=1, keepdim=True)
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(n), atol=1e-6)
+        cos = sae.W_dec @ unit.T  # every decoder row is one of the centred data rows
+        assert torch.allclose(cos.max(dim=1).values, torch.ones(n), atol=1e-5)
+        assert torch.equal(sae.W_enc, sae.W_dec.T)
+        if n == 40:
+            assert len(set(cos.argmax(dim=1).tolist())) == 40  # without replacement while rows last
+    run_cli(*_train_args(synth, tmp_path, **{"--tokens": 5000}), "--init-decoder", "data", check=0)
+    p = run_cli(*_train_args(synth, tmp_path / "b"), "--init-decoder", "pca", check=2)
+    assert "--init-decoder is random or data" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_schedules():

@@ -91,6 +91,21 @@ class SAE(nn.Module):
                 p.zero_()
 
     @torch.no_grad()
+    def init_decoder_from_data(self, sample: torch.Tensor, generator: torch.Generator) -> None:
+        """Decoder rows = unit-norm centred training rows (x - b_dec) drawn from ``sample`` (without
+        replacement while it lasts), W_enc = W_dec^T: every latent starts on a direction the data takes
+        rather than a random one (call after init_b_dec). Zero rows keep their random direction."""
+        n, rows = self.cfg.d_sae, sample.shape[0]
+        pick = torch.cat([torch.randperm(rows, generator=generator) for _ in range(-(-n // max(rows, 1)))])[
+            :n
+        ]
+        w = sample[pick].float() - self.b_dec
+        norms = w.norm(dim=1, keepdim=True)
+        ok = norms.squeeze(1) > 0
+        self.W_dec[ok] = w[ok] / norms[ok]
+        self.W_enc.copy_(self.W_dec.T)
+
+    @torch.no_grad()
     def init_b_dec(self, sample: torch.Tensor) -> None:
         """b_dec = mean of a data sample (normalised units)."""
         self.b_dec.copy_(sample.float().mean(0))
