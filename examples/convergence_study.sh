@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -38,6 +38,7 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-noreset) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without dead-latent resets (sa_variant)
     b256-split) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE with per-sign thresholds (sa_variant)
     b256-decdata) echo "--batch 256 --lr 2e-3 --init-decoder data" ;;
+    b256-decdata-s1) echo "--batch 256 --lr 2e-3 --init-decoder data --seeds 1" ;;
     *) "$1"_flags ;;
   esac
 }
