@@ -321,8 +321,8 @@ def train(
     base = TrainConfig(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
         threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
-        init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1, snapshots=snapshots,
-        dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
+        init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1,
+        snapshots=snapshots, dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
     variants = [v.strip() for v in variant.split(",") if v.strip()]
     cfgs = sweep_configs(

@@ -96,9 +96,8 @@ class SAE(nn.Module):
         replacement while it lasts), W_enc = W_dec^T: every latent starts on a direction the data takes
         rather than a random one (call after init_b_dec). Zero rows keep their random direction."""
         n, rows = self.cfg.d_sae, sample.shape[0]
-        pick = torch.cat([torch.randperm(rows, generator=generator) for _ in range(-(-n // max(rows, 1)))])[
-            :n
-        ]
+        rounds = -(-n // max(rows, 1))  # whole permutations of the sample, as many as n latents need
+        pick = torch.cat([torch.randperm(rows, generator=generator) for _ in range(rounds)])[:n]
         w = sample[pick].float() - self.b_dec
         norms = w.norm(dim=1, keepdim=True)
         ok = norms.squeeze(1) > 0
