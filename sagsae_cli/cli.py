@@ -315,7 +315,6 @@ def train(
         theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
         "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
     )
-    _check(init_decoder in ("random", "data"), f"--init-decoder is random or data (got {init_decoder!r})")
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(
