@@ -51,8 +51,9 @@ class SignAwareSAE(GatedFamily):
             u, self.b_gate, self.log_threshold.exp(), *mags, two_sided=not self.cfg.one_sided, theta_neg=neg
         )
 
-    def _thresholds(self) -> list[nn.Parameter]:
-        return [self.log_threshold] + ([self.log_threshold_neg] if self.cfg.split_threshold else [])
+    def _threshold_names(self) -> list[str]:
+        """log_threshold, and log_threshold_neg when the thresholds are split."""
+        return [n for n in self.threshold_params if hasattr(self, n)]
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, l0: float) -> None:
@@ -63,16 +64,17 @@ class SignAwareSAE(GatedFamily):
         u = self.pre(sample.float()).abs()
         theta = u.kthvalue(1 + int(round(q * (u.shape[0] - 1))), dim=0).values
         self.b_gate.zero_()
-        for p in self._thresholds():
-            p.copy_(theta.clamp_min(1e-6).log())
+        for name in self._threshold_names():
+            getattr(self, name).copy_(theta.clamp_min(1e-6).log())
 
     @torch.no_grad()
     def reset_latents(self, mask: torch.Tensor) -> list[str]:
         if not self.cfg.reset:
             return []
         # masked fills, not mask.any() + indexing: no host sync per step (a no-op for an empty mask)
-        for p in self._thresholds():
-            p.masked_fill_(mask, math.log(self.cfg.theta0))
+        names = self._threshold_names()
+        for name in names:
+            getattr(self, name).masked_fill_(mask, math.log(self.cfg.theta0))
         self.b_gate.masked_fill_(mask, 0.0)
         self.tokens_since_fired.masked_fill_(mask, 0)
-        return [*(n for n, p in self.named_parameters() if n.startswith("log_threshold")), "b_gate"]
+        return [*names, "b_gate"]
