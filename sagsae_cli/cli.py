@@ -129,7 +129,7 @@ def harvest(
 
     if dtype == "auto":  # docs/METHOD.md §8: bf16 halves an LM store at no measurable cost in R²
         dtype = "float32" if source == "synthetic" else "bfloat16"
-    dtype, model_dtype = DTYPE_ALIASES.get(dtype, dtype), DTYPE_ALIASES.get(model_dtype, model_dtype)
+    dtype = DTYPE_ALIASES.get(dtype, dtype)  # the model dtype is resolved (aliases too) in harvest()
     if source == "synthetic":
         from sagsae_cli.synthetic import PROTOCOLS, SyntheticConfig, write_synthetic_store
 
