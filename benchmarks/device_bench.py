@@ -3,7 +3,8 @@ CPU at small sizes as a check). Every figure is measured in this one run and pri
 
 1. the device's GEMM rate at the step's shapes (x W_enc, (batch, d) x (d, width)), in TFLOP/s;
 2. the bare SA-GSAE training step (forward, backward, Adam, decoder constraint) under the trainer's
-   autocast, as TFLOP/s of its 7 GEMMs and as a share of (1) (the goal on CUDA: >= 40% in bf16);
+   autocast, as TFLOP/s of its 7 GEMMs and as a share of (1) (the goal on CUDA: >= 40% in bf16), with
+   the gate code eager and compiled (``gating.use_compiled``; its losses checked against eager's);
 3. the trainer's own step (`train.Run.train_step`: the same step plus the per-step bookkeeping:
    loss and L0 read back, non-finite check, dead-latent counters and resets) against (2): how much
    the host costs per step (the H200 finding: ~6.5 ms per run-step at batch 1,024);
@@ -25,9 +26,10 @@ from pathlib import Path
 import torch
 from _timing import best_times
 
+from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.distributed import World, pick_device
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import SAEConfig, build_sae
+from sagsae_cli.sae import SAEConfig, build_sae, gating
 from sagsae_cli.store import StoreWriter, open_store
 from sagsae_cli.train import Run, TrainConfig
 
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--inner", type=int, default=5, help="steps per timing")
     ap.add_argument("--rows", type=int, default=200_000, help="rows in the reader's store")
     a = ap.parse_args()
+    reuse_large_blocks()  # as `sagsae` does
     dev = pick_device(a.device)
     d, n, b = a.d, a.width, a.batch
     cast = torch.autocast(dev.type, dtype=torch.bfloat16) if a.dtype == "bf16" else nullcontext()
@@ -86,17 +89,35 @@ def main() -> None:
         opt.zero_grad(set_to_none=False)
         with cast:
             out = sae(x, coef=0.2)
-        sum(v.float() for v in out.losses.values()).backward()
+        loss = sum(v.float() for v in out.losses.values())
+        loss.backward()
         sae.remove_parallel_grad()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         sae.normalise_decoder()
+        return loss
+
+    def compiled():
+        gating.use_compiled(True)
+        try:
+            return bare()
+        finally:
+            gating.use_compiled(False)
+
+    with torch.no_grad(), cast:  # the compiled gate code against the eager one, on the same weights
+        eager_loss = sum(v.float() for v in sae(x, coef=0.2).losses.values())
+        gating.use_compiled(True)
+        compiled_loss = sum(v.float() for v in sae(x, coef=0.2).losses.values())
+        gating.use_compiled(False)
+    print(f"compiled gate code: loss {float(compiled_loss):.6g} against eager {float(eager_loss):.6g}")
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(variant="sa-gsae", width=n, l1=0.2, tokens=10**12, batch=b, lr=2e-3, snapshots=0,
                           store=f"{tmp}/none")  # fmt: skip
         run = Run(cfg, d, Path(tmp), x[:1024].cpu(), World(device=dev), force=True)
-        t_bare, t_run = timed([bare, lambda: run.train_step(x, cast)], dev, a.repeats, a.inner)
+        t_bare, t_comp, t_run = timed(
+            [bare, compiled, lambda: run.train_step(x, cast)], dev, a.repeats, a.inner
+        )
         step_flops = 7 * 2 * b * d * n
 
         # 4. the reader from a local store
@@ -117,6 +138,8 @@ def main() -> None:
     print(f"GEMM (b x d) @ (d x width)      {gemm_rate / 1e12:8.2f} TFLOP/s")
     print(f"bare SA-GSAE step    {t_bare * 1e3:9.2f} ms  {step_flops / t_bare / 1e12:8.2f} TFLOP/s  "
           f"{step_flops / t_bare / gemm_rate:6.1%} of the GEMM rate  {b / t_bare:12,.0f} tok/s")  # fmt: skip
+    print(f"  gate code compiled {t_comp * 1e3:9.2f} ms  {step_flops / t_comp / 1e12:8.2f} TFLOP/s  "
+          f"{step_flops / t_comp / gemm_rate:6.1%} of the GEMM rate  {b / t_comp:12,.0f} tok/s")  # fmt: skip
     print(f"trainer step (Run)   {t_run * 1e3:9.2f} ms  {step_flops / t_run / 1e12:8.2f} TFLOP/s  "
           f"{step_flops / t_run / gemm_rate:6.1%} of the GEMM rate  {b / t_run:12,.0f} tok/s")  # fmt: skip
     print(

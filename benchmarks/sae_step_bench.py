@@ -1,5 +1,9 @@
 """One training step (forward, backward, Adam, decoder constraint) of every architecture, against
-the bare matmul floor (the same GEMMs timed alone), all measured in this one run.
+the bare matmul floor (the same GEMMs timed alone), each step timed in turns with its floor.
+
+The process reuses freed large blocks (``sagsae_cli.allocator``, as `sagsae` does); unless
+``--no-system`` it then runs itself again with glibc's default allocator (``SAGSAE_MALLOC=system``)
+for the comparison. ``--compile`` adds the Gated family's steps with the gate code compiled.
 
     python benchmarks/sae_step_bench.py [--d 576] [--width 4608] [--batch 4096] [--repeats 3]
 """
@@ -7,14 +11,18 @@ the bare matmul floor (the same GEMMs timed alone), all measured in this one run
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import torch
-from _timing import best_time, sae_step_fn
+from _timing import best_times, sae_step_fn
 
-from sagsae_cli.sae import ARCHITECTURES
+from sagsae_cli.allocator import reuse_large_blocks
+from sagsae_cli.sae import ARCHITECTURES, gating
 
 
-def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
+def gemm_floor(d: int, n: int, b: int, aux: bool):
     """encode (x W_enc), its weight gradient, decode (f W_dec), its two gradients; plus the aux
     decode and its input gradient for gated architectures."""
     x, g_u = torch.randn(b, d), torch.randn(b, n)
@@ -30,11 +38,18 @@ def gemm_floor(d: int, n: int, b: int, aux: bool, repeats: int) -> float:
             f @ w_dec
             g_x @ w_dec.T
 
-    return best_time(run, repeats)
+    return run
 
 
-def step_time(name: str, d: int, n: int, b: int, repeats: int) -> float:
-    return best_time(sae_step_fn(name, d, n, b, clip=True), repeats)
+def compiled(step):
+    def run():
+        gating.use_compiled(True)
+        try:
+            step()
+        finally:
+            gating.use_compiled(False)
+
+    return run
 
 
 def main() -> None:
@@ -44,23 +59,34 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(ARCHITECTURES))
+    ap.add_argument("--compile", action="store_true", help="also time the gate code under torch.compile")
+    ap.add_argument("--no-system", action="store_true", help="skip the run with glibc's default allocator")
     a = ap.parse_args()
+    reuse = reuse_large_blocks()
     print(
-        f"d={a.d} width={a.width} batch={a.batch} fp32, {torch.get_num_threads()} threads, best of {a.repeats}"
+        f"d={a.d} width={a.width} batch={a.batch} fp32, {torch.get_num_threads()} threads, best of "
+        f"{a.repeats}, allocator: {'freed blocks reused' if reuse else 'system default'}"
     )
-    floors = {aux: gemm_floor(a.d, a.width, a.batch, aux, a.repeats) for aux in (False, True)}
-    print(f"{'architecture':16s} {'ms/step':>9s} {'tok/s':>9s} {'x floor':>8s}")
+    print(f"{'architecture':24s} {'ms/step':>9s} {'tok/s':>9s} {'floor ms':>9s} {'x floor':>8s}")
     times = {}
     for name in a.variants.split(","):
-        t = step_time(name, a.d, a.width, a.batch, a.repeats)
-        times[name] = t
         aux = ARCHITECTURES[name][0] in ("gated", "sa-gsae") and name != "no-aux"
-        print(f"{name:16s} {t * 1e3:9.1f} {a.batch / t:9,.0f} {t / floors[aux]:8.2f}")
-    print(
-        f"GEMM floor: {floors[False] * 1e3:.1f} ms (5 GEMMs), {floors[True] * 1e3:.1f} ms (7 GEMMs, with aux)"
-    )
+        fns = {name: sae_step_fn(name, a.d, a.width, a.batch, clip=True)}
+        if a.compile and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
+            fns[f"{name} (compiled)"] = compiled(sae_step_fn(name, a.d, a.width, a.batch, clip=True))
+        floor, *steps = best_times([gemm_floor(a.d, a.width, a.batch, aux), *fns.values()], a.repeats)
+        for label, t in zip(fns, steps):
+            times[label] = t
+            print(f"{label:24s} {t * 1e3:9.1f} {a.batch / t:9,.0f} {floor * 1e3:9.1f} {t / floor:8.2f}")
     if "sa-gsae" in times and "gated" in times:
         print(f"sa-gsae / gated at equal width: {times['sa-gsae'] / times['gated']:.2f}x")
+    print("floor: 5 GEMMs (7 with the aux decode for the Gated family), timed in turns with each step")
+    if reuse and not a.no_system:
+        print("\nthe same with glibc's default allocator (a fresh mmap per large array):", flush=True)
+        args = [a for a in sys.argv[1:] if a != "--compile"] + ["--no-system"]
+        subprocess.run(
+            [sys.executable, __file__, *args], env={**os.environ, "SAGSAE_MALLOC": "system"}, check=True
+        )
 
 
 if __name__ == "__main__":

@@ -657,8 +657,10 @@ def store_export(
 
 def main() -> None:
     """The console entry point: runs the command, then leaves through `distributed.leave`."""
+    from sagsae_cli.allocator import reuse_large_blocks
     from sagsae_cli.distributed import leave
 
+    reuse_large_blocks()  # freed tokens x latents arrays reused, not page-faulted in again (allocator.py)
     try:
         _main()
     except SystemExit as e:

@@ -1,6 +1,7 @@
 """The maths of docs/METHOD.md §3-§5, checked with autograd."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -298,8 +299,24 @@ def reference_sa_gsae(sae, x):
     return f, losses
 
 
-@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "one-sided", "sa-gsae-split"])
-def test_fused_kernel_matches_the_literal_formulas(name):
+@pytest.mark.parametrize(
+    "name,compiled",
+    [("sa-gsae", False), ("sa-gsae-untied", False), ("one-sided", False), ("sa-gsae-split", False),
+     pytest.param("sa-gsae", True, marks=pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on CPU needs a C++ compiler"))],
+)  # fmt: skip
+def test_fused_kernel_matches_the_literal_formulas(name, compiled):
+    """The hand-written forward and backward (eager, and under torch.compile: gating.use_compiled)
+    against autograd through the paper's formulas."""
+    from sagsae_cli.sae import gating
+
+    gating.use_compiled(compiled)
+    try:
+        check_against_literal_formulas(name)
+    finally:
+        gating.use_compiled(False)
+
+
+def check_against_literal_formulas(name):
     sae = make(name).double()
     x = x_batch(128).double()
     f_ref, ref = reference_sa_gsae(sae, x)

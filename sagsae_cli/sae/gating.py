@@ -23,28 +23,85 @@ import torch
 from sagsae_cli.sae.base import SAE, Output
 
 
+def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided: bool):
+    """(f, s, l1, keep+, keep-, exp(r+), exp(r-)): the module docstring's forward, as pure tensor code
+    (torch.compile can fuse it; ``use_compiled``). Masks select by multiplication (on CPU ``torch.where``
+    takes about three times as long), and the tied mask is 0/1 in u's dtype, so no cast is made."""
+    pi = u + b_gate
+    if two_sided:
+        s = pi - torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta)
+    else:
+        s = torch.clamp_min(pi - theta, 0.0)
+    e_pos = r_pos.exp()
+    m_pos = torch.addcmul(b_pos, u, e_pos)
+    if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
+        keep_pos = (s * m_pos).gt_(0)
+        f = m_pos * keep_pos
+        keep_neg = e_neg = None
+    else:
+        e_neg = r_neg.exp()
+        m_neg = torch.addcmul(b_neg, u, e_neg)
+        keep_pos = (s > 0) & (m_pos > 0)
+        keep_neg = (s < 0) & (m_neg < 0)
+        f = m_pos * keep_pos + m_neg * keep_neg
+    l1 = torch.linalg.vector_norm(s, 1) / max(u.shape[0], 1)
+    return f, s, l1, keep_pos, keep_neg, e_pos, e_neg
+
+
+def _backward(g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bool, need: tuple):
+    """The gradients of ``_forward``'s (f, s, l1) with respect to its inputs (None where not needed).
+    The gate passes no gradient to b_gate or theta through f; s passes its own where it is open, and
+    l1 its sign."""
+    sign = torch.sign(s)  # 0 where the gate is closed, so sign^2 is the open mask
+    c = g_l1 / max(u.shape[0], 1) if g_l1 is not None else torch.zeros((), dtype=s.dtype, device=s.device)
+    # g_pi = g_s [s != 0] + c sign(s), as (g_s sign + c) sign: exact, three passes, one new array
+    g_pi = (g_s * sign).add_(c).mul_(sign) if g_s is not None else c * sign
+    grads = [None] * 9
+    g_u = g_pi
+    if g_f is not None:
+        for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
+            if keep is None:
+                continue
+            g_m = g_f * keep
+            if need[0]:
+                g_u = torch.addcmul(g_u, g_m, e)
+            if need[i]:
+                grads[i] = (g_m * u).sum(0) * e
+            if need[i + 1]:
+                grads[i + 1] = g_m.sum(0)
+    grads[0] = g_u if need[0] else None
+    if need[1]:
+        grads[1] = g_pi.sum(0)
+    if need[3]:  # split: ds/dtheta+ = -1 where s > 0, ds/dtheta- = +1 where s < 0
+        grads[2] = -(g_pi * (s > 0)).sum(0) if need[2] else None
+        grads[3] = (g_pi * (s < 0)).sum(0)
+    elif need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
+        grads[2] = -(g_pi * sign).sum(0) if two_sided else -g_pi.sum(0)
+    return tuple(grads)
+
+
+_EAGER = {"forward": _forward, "backward": _backward}
+_impl = dict(_EAGER)
+
+
+def use_compiled(enable: bool = True) -> bool:
+    """Run the gate code's forward and backward through ``torch.compile`` (one fused kernel each
+    instead of about twenty passes over the tokens x latents arrays) or eagerly (the default).
+    Compiling takes tens of seconds per shape and needs a C++ compiler on CPU (Triton on CUDA);
+    returns whether the compiled path is now in use."""
+    if not enable:
+        _impl.update(_EAGER)
+        return False
+    _impl.update({k: torch.compile(f, dynamic=False) for k, f in _EAGER.items()})
+    return True
+
+
 class _GateCode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided):
-        pi = u + b_gate
-        if two_sided:
-            s = pi - torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta)
-        else:
-            s = torch.clamp_min(pi - theta, 0.0)
-        e_pos = r_pos.exp()
-        m_pos = torch.addcmul(b_pos, u, e_pos)
-        if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
-            keep_pos = (s * m_pos) > 0
-            f = m_pos * keep_pos
-            keep_neg = e_neg = None
-        else:
-            e_neg = r_neg.exp()
-            m_neg = torch.addcmul(b_neg, u, e_neg)
-            keep_pos = (s > 0) & (m_pos > 0)
-            keep_neg = (s < 0) & (m_neg < 0)
-            f = m_pos * keep_pos + m_neg * keep_neg
-        n = u.shape[0]
-        l1 = torch.linalg.vector_norm(s, 1) / max(n, 1)
+        f, s, l1, keep_pos, keep_neg, e_pos, e_neg = _impl["forward"](
+            u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided
+        )
         ctx.save_for_backward(u, s, keep_pos, keep_neg, e_pos, e_neg)
         ctx.two_sided = two_sided
         return f, s, l1
@@ -52,33 +109,9 @@ class _GateCode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_f, g_s, g_l1):
         u, s, keep_pos, keep_neg, e_pos, e_neg = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        sign = torch.sign(s)  # 0 where the gate is closed
-        g_pi = g_s * (s != 0) if g_s is not None else torch.zeros_like(s)
-        if g_l1 is not None:
-            g_pi.add_(sign, alpha=float(g_l1) / max(u.shape[0], 1))
-        grads = [None] * 9
-        g_u = g_pi.clone() if need[0] else None
-        if g_f is not None:
-            for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
-                if keep is None:
-                    continue
-                g_m = g_f * keep
-                if g_u is not None:
-                    g_u.addcmul_(g_m, e)
-                if need[i]:
-                    grads[i] = (g_m * u).sum(0) * e
-                if need[i + 1]:
-                    grads[i + 1] = g_m.sum(0)
-        grads[0] = g_u
-        if need[1]:
-            grads[1] = g_pi.sum(0)
-        if need[3]:  # split: ds/dtheta+ = -1 where s > 0, ds/dtheta- = +1 where s < 0
-            grads[2] = -(g_pi * (s > 0)).sum(0) if need[2] else None
-            grads[3] = (g_pi * (s < 0)).sum(0)
-        elif need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
-            grads[2] = -(g_pi * sign).sum(0) if ctx.two_sided else -g_pi.sum(0)
-        return tuple(grads)
+        return _impl["backward"](
+            g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, ctx.two_sided, tuple(ctx.needs_input_grad)
+        )
 
 
 def gate_code(u, b_gate, theta, r_pos, b_pos, r_neg=None, b_neg=None, two_sided=True, theta_neg=None):
