@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -39,6 +39,7 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-split) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE with per-sign thresholds (sa_variant)
     b256-decdata) echo "--batch 256 --lr 2e-3 --init-decoder data" ;;
     b256-decdata-s1) echo "--batch 256 --lr 2e-3 --init-decoder data --seeds 1" ;;
+    b256-widths) echo "--batch 256 --lr 2e-3" ;;  # both architectures at H and 2H (sa_widths, gated_widths)
     *) "$1"_flags ;;
   esac
 }
@@ -51,14 +52,26 @@ sa_variant() {  # candidate -> the SA-GSAE variant trained at H (the A side of t
   esac
 }
 
+sa_widths() {  # candidate -> SA-GSAE's widths (H = 64; b256-widths also 2H: is SA-half slow for want of latents?)
+  case "$1" in *widths*) echo "64 128" ;; *) echo 64 ;; esac
+}
+
+gated_widths() {  # candidate -> the Gated SAE's widths (2H = 128; b256-widths also H)
+  case "$1" in *widths*) echo "64 128" ;; *) echo 128 ;; esac
+}
+
 for C in $CANDIDATES; do
   A=$(sa_variant "$C")
-  # shellcheck disable=SC2046
-  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width 64 --l1 0.2,0.4,0.8 \
-    --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
-  # shellcheck disable=SC2046
-  sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width 128 --l1 0.2,0.4,0.8 \
-    --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+  for W in $(sa_widths "$C"); do
+    # shellcheck disable=SC2046
+    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width "$W" --l1 0.2,0.4,0.8 \
+      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+  done
+  for W in $(gated_widths "$C"); do
+    # shellcheck disable=SC2046
+    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width "$W" --l1 0.2,0.4,0.8 \
+      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+  done
   sagsae eval "$OUT/$C"/runs/* --results "$OUT/$C/results" --checkpoints --lr-windows 0 --quiet > /dev/null
   echo "=== $C: $(flags "$C")"
   sagsae compare --results "$OUT/$C/results" --matched-l0 3 --a "$A"

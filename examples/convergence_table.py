@@ -1,6 +1,7 @@
 """Print the convergence study (examples/convergence_study.sh) as a Markdown table: per candidate,
 tokens to converge of SA-GSAE@H and Gated@2H (median and slowest over the sweep), their ratio, and
-the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis.
+the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis. A candidate that trains
+both architectures at several widths (b256-widths) also gets tokens to converge per width.
 
     python examples/convergence_table.py out/convergence
 """
@@ -17,6 +18,7 @@ def main(root: str) -> None:
         "| final worst gap | dead ratio | SA latents/axis (λ 0.2/0.4/0.8) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    by_width = {}
     for cand in sorted(
         p for p in Path(root).iterdir() if (p / "results" / "compare" / "convergence.parquet").exists()
     ):
@@ -25,13 +27,28 @@ def main(root: str) -> None:
         cmp_ = pd.read_parquet(res / "compare" / "compare.parquet").iloc[0]
         ev = pd.concat(pd.read_parquet(p) for p in (res / "eval").glob("*.parquet"))
         sa, ga = conv[conv.variant != "gated"], conv[conv.variant == "gated"]  # A: sa-gsae or an ablation
-        per_axis = ev[ev.variant != "gated"].sort_values("l1").latents_per_axis.round(2).tolist()
+        if conv.groupby("variant").width.nunique().max() > 1:  # b256-widths: the pairs at equal width
+            by_width[cand.name] = conv
+            sa, ga = sa[sa.width == sa.width.min()], ga[ga.width == ga.width.max()]
+        sa_runs = ev[(ev.variant != "gated") & (ev.width == sa.width.min())]
+        per_axis = sa_runs.sort_values("l1").latents_per_axis.round(2).tolist()
         print(
             f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} | {cmp_.worst_gap:+.4f} "
             f"| {cmp_.dead_ratio_geomean:.2f}x | {' / '.join(map(str, per_axis))} |"
         )
+
+    for name, conv in by_width.items():  # tokens to converge per architecture and width
+        print(
+            f"\n{name}: tokens to converge by architecture and width (λ 0.2 / 0.4 / 0.8; median, slowest)\n"
+        )
+        print("| architecture | width | per λ | median | slowest |")
+        print("|---|---|---|---|---|")
+        for (variant, width), g in conv.groupby(["variant", "width"]):
+            t = g.sort_values("l1").tokens_to_converge / 1e6
+            per = " / ".join(f"{v:.2f}M" for v in t)
+            print(f"| {variant} | {width} | {per} | {t.median():.2f}M | {t.max():.2f}M |")
 
 
 if __name__ == "__main__":
