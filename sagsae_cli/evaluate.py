@@ -42,15 +42,14 @@ def evaluate_run(
     n = eval_rows_for(run_dir, sae, store, eval_tokens)
     store.check_chunks()
     sae.to(device)
-    r2, active, live, sse = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device), 0.0
+    r2, active, live = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
     census = Census(sae.cfg.d_sae, device=device)
     with torch.no_grad():
         for x in sequential_batches(store, "eval", batch, max_rows=n):
             x = x.to(device)
             f = sae.encode(x)
             x_hat = sae.decode(f)
-            r2.update(x, x_hat)
-            sse += float((x - x_hat).pow(2).sum())
+            r2.update(x, x_hat)  # also the squared error, summed in float64
             nz = f != 0
             active += int(nz.sum())
             live |= fired(f)
@@ -73,7 +72,7 @@ def evaluate_run(
         "tokens": snapshot_tokens(weights) if weights else steps * int(train_cfg["batch"]),
         "final": weights is None,
         "r2": r2.value(),
-        "mse": sse / n,
+        "mse": r2.sse / n,
         "l0": active / n,
         "dead_frac": 1.0 - float(live.float().mean()),
         "params": sae.param_count(),
