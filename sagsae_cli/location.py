@@ -176,17 +176,64 @@ class Location:
         return _ObjectLock(self, doing)
 
 
+def close_clients() -> None:
+    """Close object-store clients now, while the event loops they were made on still run.
+
+    adlfs closes its service client in a ``weakref.finalize(fs, fsspec.asyn.sync, fs.loop, close, fs)``
+    that runs at interpreter exit, after zarr has stopped its loop, or with no loop at all for the
+    filesystem zarr's ``FsspecStore`` makes: every command on an ``az://`` store then printed
+    "RuntimeError: Loop is not running" with a traceback after it had finished (fsspec/adlfs#495).
+    Such finalizers run here instead: at once if their loop runs, else their coroutine on zarr's loop.
+    Registered with ``atexit`` when the first remote filesystem is made (``_close_at_exit``), so it
+    runs before zarr's own exit handler; best effort: the work is done and committed by then."""
+    import weakref
+
+    try:
+        from fsspec.asyn import sync
+    except ImportError:
+        return
+    for fin in list(getattr(weakref.finalize, "_registry", {})):
+        info = fin.peek()
+        if not info or info[1] is not sync or len(info[2]) < 2:
+            continue
+        loop, close, *args = info[2]
+        try:
+            if loop is not None and loop.is_running():
+                fin()
+            else:
+                from zarr.core.sync import sync as zarr_sync
+
+                fin.detach()
+                zarr_sync(close(*args))
+        except Exception:
+            pass
+
+
+_CLOSE_REGISTERED = []
+
+
+def _close_at_exit() -> None:
+    if not _CLOSE_REGISTERED:
+        import atexit
+
+        import zarr.core.sync  # noqa: F401 - zarr's exit handler first, so that ours runs before it
+
+        atexit.register(close_clients)
+        _CLOSE_REGISTERED.append(True)
+
+
 def _url_to_fs(url: str):
     scheme = _URL.match(url).group(1).lower()
     try:
         from fsspec.core import url_to_fs
 
+        _close_at_exit()
         return url_to_fs(url)
     except ImportError as e:
         pkg = EXTRAS.get(scheme, f"the fsspec backend for {scheme}://")
         raise SagsaeError(
             f"{url}: {scheme}:// stores need {pkg} ({e}): pip install {pkg}"
-            + (" (or pip install 'sagsae[s3]')" if scheme == "s3" else "")
+            + (f" (or pip install 'sagsae[{scheme}]')" if scheme in ("s3", "az") else "")
         ) from None
     except ValueError as e:
         raise SagsaeError(
