@@ -24,5 +24,4 @@ class GatedSAE(GatedFamily):
         self.b_mag = nn.Parameter(torch.zeros(n))
 
     def _code(self, u: torch.Tensor):
-        zero = torch.zeros((), dtype=u.dtype, device=u.device)
-        return gate_code(u, self.b_gate, zero, self.r_mag, self.b_mag, two_sided=False)
+        return gate_code(u, self.b_gate, None, self.r_mag, self.b_mag, two_sided=False)
