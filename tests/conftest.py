@@ -1,6 +1,9 @@
 import os
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +151,36 @@ def write_corpus(path: Path, n_docs: int = 40) -> Path:
     for i in range(n_docs):
         (path / f"doc{i:03d}.txt").write_text(" ".join(rng.choice(words, size=200)))
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_server(argv: list[str], port: int, env: dict[str, str]):
+    """Run a test server (moto, Azurite) on 127.0.0.1:``port`` with ``env`` set in this process (the
+    standard credential variables, as a user would set them) until the block ends."""
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(600):  # a hang guard while the server starts, not a time limit on anything tested
+            if server.poll() is not None:
+                pytest.fail(f"{argv[0]} exited at start")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -5,61 +5,31 @@ standard environment variables, as they would for a user."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import free_port, local_server, run_cli
 from safetensors.torch import load_file
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 and the environment that points boto at it; yields a bucket."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    port = free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(600):  # a hang guard while the server starts, not a time limit on anything tested
-            if server.poll() is not None:
-                pytest.fail("moto server exited at start")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with local_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, env):
         import s3fs
 
         fs = s3fs.S3FileSystem()
         fs.mkdir("sagsae-test")
         yield fs
-    finally:
-        server.terminate()
-        server.wait()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 SYN = ["--source", "synthetic", "--d", 64, "--tokens", 100_000, "--eval-tokens", 5_000, "--quiet"]
@@ -77,25 +47,48 @@ def _arrays(path) -> dict[str, np.ndarray]:
     return out | {"norm": np.array(s.norm_factor)}
 
 
-def test_harvest_kill_resume_on_s3_equals_local(tmp_path, s3):
+def kill_resume_equals_local(tmp_path, fs, url: str):
+    """Harvest into ``url``, killed after its second commit, then resumed (same host, the owner's pid
+    gone: its lock is taken over): the store equals a local harvest's. Returns the resume's process."""
     run_cli("harvest", *SYN, "--out", tmp_path / "local", check=0)
-    url = "s3://sagsae-test/syn"
+    key = url.split("://", 1)[1] + "/.lock"
     killed = subprocess.run([sys.executable, "-m", "sagsae_cli", "harvest", *map(str, SYN), "--out", url],
                             env={**os.environ, "SAGSAE_FAULT": "commit:2"}, capture_output=True, text=True)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert s3.exists("sagsae-test/syn/.lock")  # the dead writer's lock object is still there
+    assert fs.exists(key)  # the dead writer's lock object is still there
     from sagsae_cli.store import open_store
 
     partial = open_store(url)
     assert not partial.complete and 0 < partial.rows("train") < 100_000
-    run_cli("harvest", *SYN, "--out", url, check=0)  # same host, owner pid gone: the lock is taken over
-    assert not s3.exists("sagsae-test/syn/.lock")  # released at the end
+    resumed = run_cli("harvest", *SYN, "--out", url, check=0)
+    assert not fs.exists(key)  # released at the end
     a, b = _arrays(tmp_path / "local"), _arrays(url)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    return resumed
+
+
+def test_harvest_kill_resume_on_s3_equals_local(tmp_path, s3):
+    url = "s3://sagsae-test/syn"
+    kill_resume_equals_local(tmp_path, s3, url)
     p = run_cli("store", "info", url, check=0)
     assert url in p.stderr + p.stdout and "100,000" in p.stderr + p.stdout
+
+
+def hold_and_refuse(url: str):
+    """A writer holding ``url``'s lock with 5 rows committed; another process (the CLI) is refused in
+    one line while it holds it. Returns the writer."""
+    from sagsae_cli.store import StoreWriter
+
+    w = StoreWriter(url, d=4, dtype="float32", config={"c": 1})
+    w.append("train", torch.ones(5, 4))
+    w.commit()
+    p = run_cli(
+        "harvest", "--source", "synthetic", "--d", 4, "--tokens", 100, "--out", url, "--force", check=2
+    )
+    assert "another process is writing" in p.stderr and p.stderr.count("\n") == 1
+    return w
 
 
 def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkeypatch):
@@ -103,14 +96,7 @@ def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkey
     from sagsae_cli.store import StoreWriter, open_store
 
     url, key = "s3://sagsae-test/locked", "sagsae-test/locked/.lock"
-    w = StoreWriter(url, d=4, dtype="float32", config={"c": 1})
-    w.append("train", torch.ones(5, 4))
-    w.commit()
-    # another process (the CLI) is refused while this one holds the lock
-    p = run_cli(
-        "harvest", "--source", "synthetic", "--d", 4, "--tokens", 100, "--out", url, "--force", check=2
-    )
-    assert "another process is writing" in p.stderr and p.stderr.count("\n") == 1
+    w = hold_and_refuse(url)
     # a lock held by a live process on another host is refused, the same lock past its lease is taken
     # over, and the writer whose lock was taken over stops before publishing its next commit
     held = json.loads(s3.cat(key))

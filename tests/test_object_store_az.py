@@ -7,15 +7,10 @@ or on PATH) or adlfs."""
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
-from conftest import run_cli
-from test_object_store import SYN, _arrays, _free_port
+from conftest import free_port, local_server, run_cli
+from test_object_store import hold_and_refuse, kill_resume_equals_local
 
 pytest.importorskip("adlfs")
 AZURITE = os.environ.get("SAGSAE_AZURITE") or shutil.which("azurite-blob")
@@ -26,53 +21,25 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 
 @pytest.fixture(scope="module")
 def az(tmp_path_factory):
-    port = _free_port()
-    server = subprocess.Popen(
-        [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck", "--loose",
-         "--location", str(tmp_path_factory.mktemp("azurite"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    """Azurite's blob service on 127.0.0.1 and its connection string in the environment; yields a
+    container."""
+    port = free_port()
     conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")  # fmt: skip
-    old = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = conn
-    try:
-        for _ in range(600):  # a hang guard while the server starts, not a time limit on anything tested
-            if server.poll() is not None:
-                pytest.fail("Azurite exited at start")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    argv = [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck", "--loose",
+            "--location", str(tmp_path_factory.mktemp("azurite"))]  # fmt: skip
+    with local_server(argv, port, {"AZURE_STORAGE_CONNECTION_STRING": conn}):
         import adlfs
 
         fs = adlfs.AzureBlobFileSystem(connection_string=conn)
         fs.mkdir("sagsae-test")
         yield fs
-    finally:
-        server.terminate()
-        server.wait()
-        if old is None:
-            os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
-        else:
-            os.environ["AZURE_STORAGE_CONNECTION_STRING"] = old
 
 
 def test_harvest_kill_resume_train_eval_on_azure(tmp_path, az):
-    run_cli("harvest", *SYN, "--out", tmp_path / "local", check=0)
     url = "az://sagsae-test/syn"
-    killed = subprocess.run([sys.executable, "-m", "sagsae_cli", "harvest", *map(str, SYN), "--out", url],
-                            env={**os.environ, "SAGSAE_FAULT": "commit:2"}, capture_output=True, text=True)  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert az.exists("sagsae-test/syn/.lock")  # the dead writer's lock object is still there
-    p = run_cli("harvest", *SYN, "--out", url, check=0)  # same host, owner pid gone: taken over
+    p = kill_resume_equals_local(tmp_path, az, url)
     assert "Traceback" not in p.stderr, p.stderr[-2000:]  # adlfs's exit-time error is not printed
-    assert not az.exists("sagsae-test/syn/.lock")
-    a, b = _arrays(tmp_path / "local"), _arrays(url)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     p = run_cli("train", "--store", url, "--out", tmp_path / "runs", "--width", 32, "--tokens", 20_000,
                 "--batch", 500, "--quiet", check=0)  # fmt: skip
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
@@ -84,17 +51,8 @@ def test_harvest_kill_resume_train_eval_on_azure(tmp_path, az):
 
 
 def test_azure_lock_refuses_a_second_writer(az):
-    import torch
-
-    from sagsae_cli.store import StoreWriter, open_store
+    from sagsae_cli.store import open_store
 
     url = "az://sagsae-test/locked"
-    w = StoreWriter(url, d=4, dtype="float32", config={"c": 1})
-    w.append("train", torch.ones(5, 4))
-    w.commit()
-    p = run_cli(
-        "harvest", "--source", "synthetic", "--d", 4, "--tokens", 100, "--out", url, "--force", check=2
-    )
-    assert "another process is writing" in p.stderr and p.stderr.count("\n") == 1
-    w.close()
+    hold_and_refuse(url).close()
     assert open_store(url).rows("train") == 5 and not az.exists("sagsae-test/locked/.lock")
