@@ -5,7 +5,7 @@ Given the shared projection u (tokens x latents):
     pi = u + b_gate
     s  = pi - clamp(pi, -theta-, theta+)   two-sided: ReLU(pi - theta+) - ReLU(-pi - theta-)
                                            (theta- = theta+ unless the thresholds are split)
-    s  = ReLU(pi - theta)                  one-sided (theta = 0: the Gated SAE's ReLU(pi))
+    s  = ReLU(pi - theta)                  one-sided (no theta: the Gated SAE's ReLU(pi))
     m± = exp(r±) u + b_mag±
     f  = m+ [s > 0 and m+ > 0] + m- [s < 0 and m- < 0]       (the Bi-Jump-ReLU; tied: m+ = m-)
     l1 = sum |s| / tokens
