@@ -18,10 +18,10 @@ def step():  # three arrays the size of x, made and freed, as a training step's 
     a = x + 1
     b = a * 2
     return float((b - x)[0, 0])
-for _ in range(6):
+for _ in range(10):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(8):
     step()
 print(json.dumps({"on": on, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
@@ -37,14 +37,13 @@ def probe(enable: bool, **env) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_large_arrays_are_reused_without_page_faults():
-    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")  # one array's pages
     system = probe(False)
     reused = probe(True)
     assert not system["on"] and reused["on"]
-    # glibc's default faults every new array in again (4 KiB pages: 3 x 4 x ``pages`` faults here;
-    # fewer with transparent huge pages); reused blocks, in the steady state, hardly at all
-    assert reused["faults"] < pages // 10, (reused, system)
-    assert system["faults"] > 10 * max(reused["faults"], 1), (reused, system)
+    # glibc's default faults every new array in again: 3 arrays x 8 steps (fewer faults with
+    # transparent huge pages, but as many arrays); with reuse an array is faulted in only when the heap
+    # grows, which after warm-up is rare (0 or 1 array in 8 steps here, depending on the heap's layout)
+    assert system["faults"] > 0 and 4 * reused["faults"] <= system["faults"], (reused, system)
 
 
 def test_system_allocator_kept_on_request():
