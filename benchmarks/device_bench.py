@@ -4,7 +4,7 @@ CPU at small sizes as a check). Every figure is measured in this one run and pri
 1. the device's GEMM rate at the step's shapes (x W_enc, (batch, d) x (d, width)), in TFLOP/s;
 2. the bare SA-GSAE training step (forward, backward, Adam, decoder constraint) under the trainer's
    autocast, as TFLOP/s of its 7 GEMMs and as a share of (1) (the goal on CUDA: >= 40% in bf16), with
-   the gate code eager and compiled (``gating.use_compiled``; its losses checked against eager's);
+   the gate code eager and compiled (``gating.compiled``; its losses checked against eager's);
 3. the trainer's own step (`train.Run.train_step`: the same step plus the per-step bookkeeping:
    loss and L0 read back, non-finite check, dead-latent counters and resets) against (2): how much
    the host costs per step (the H200 finding: ~6.5 ms per run-step at batch 1,024);
@@ -98,17 +98,15 @@ def main() -> None:
         return loss
 
     def compiled():
-        gating.use_compiled(True)
-        try:
+        with gating.compiled():
             return bare()
-        finally:
-            gating.use_compiled(False)
 
-    with torch.no_grad(), cast:  # the compiled gate code against the eager one, on the same weights
-        eager_loss = sum(v.float() for v in sae(x, coef=0.2).losses.values())
-        gating.use_compiled(True)
-        compiled_loss = sum(v.float() for v in sae(x, coef=0.2).losses.values())
-        gating.use_compiled(False)
+    def loss_now(compile_gate: bool) -> torch.Tensor:
+        with torch.no_grad(), cast, gating.compiled(compile_gate):
+            return sum(v.float() for v in sae(x, coef=0.2).losses.values())
+
+    # the compiled gate code against the eager one, on the same weights
+    eager_loss, compiled_loss = loss_now(False), loss_now(True)
     print(f"compiled gate code: loss {float(compiled_loss):.6g} against eager {float(eager_loss):.6g}")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,11 +43,8 @@ def gemm_floor(d: int, n: int, b: int, aux: bool):
 
 def compiled(step):
     def run():
-        gating.use_compiled(True)
-        try:
+        with gating.compiled():
             step()
-        finally:
-            gating.use_compiled(False)
 
     return run
 

@@ -22,15 +22,14 @@ import time
 import torch
 from _timing import best_time, sae_step_fn
 
-from sagsae_cli.allocator import reuse_large_blocks
+from sagsae_cli.allocator import REUSE_SETTINGS, reuse_large_blocks
 from sagsae_cli.store import StoreWriter
 from sagsae_cli.train import TrainConfig, train
 
 SAELENS_STEP = r"""
 import ctypes, sys, time, torch
-if {reuse}:  # sagsae_cli.allocator's setting, made here without importing sagsae
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-    mallopt(-4, 0), mallopt(-1, 1 << 30)
+for k, v in {keep}:  # sagsae_cli.allocator's setting (or none), made without importing sagsae
+    ctypes.CDLL("libc.so.6").mallopt(k, v)
 from sae_lens import GatedTrainingSAE, GatedTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 torch.set_num_threads({threads})
@@ -95,7 +94,7 @@ def main() -> None:
         theirs = {}
         for reuse, label in ((False, "as shipped"), (True, "freed blocks reused")):
             code = SAELENS_STEP.format(d=a.d, width=a.width, batch=a.batch, repeats=a.repeats,
-                                       threads=torch.get_num_threads(), reuse=reuse)  # fmt: skip
+                                       threads=torch.get_num_threads(), keep=list(REUSE_SETTINGS.items()) if reuse else [])  # fmt: skip
             p = subprocess.run([a.saelens_python, "-c", code], capture_output=True, text=True)
             if p.returncode:
                 print("SAELens step failed:", p.stderr.strip().splitlines()[-1:])

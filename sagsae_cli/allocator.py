@@ -20,8 +20,8 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-_GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
-_KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30}
+GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
+REUSE_SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30}
 
 
 def reuse_large_blocks(enable: bool = True) -> bool:
@@ -33,6 +33,6 @@ def reuse_large_blocks(enable: bool = True) -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl has no libc.so.6, or no mallopt)
         return False
-    settings = _KEEP if enable else _GLIBC_DEFAULTS
+    settings = REUSE_SETTINGS if enable else GLIBC_DEFAULTS
     ok = all(mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1 for k, v in settings.items())
     return ok and enable

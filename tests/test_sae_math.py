@@ -305,15 +305,12 @@ def reference_sa_gsae(sae, x):
      pytest.param("sa-gsae", True, marks=pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on CPU needs a C++ compiler"))],
 )  # fmt: skip
 def test_fused_kernel_matches_the_literal_formulas(name, compiled):
-    """The hand-written forward and backward (eager, and under torch.compile: gating.use_compiled)
+    """The hand-written forward and backward (eager, and under torch.compile: gating.compiled)
     against autograd through the paper's formulas."""
     from sagsae_cli.sae import gating
 
-    gating.use_compiled(compiled)
-    try:
+    with gating.compiled(compiled):
         check_against_literal_formulas(name)
-    finally:
-        gating.use_compiled(False)
 
 
 def check_against_literal_formulas(name):

@@ -18,6 +18,8 @@ against finite differences and against the reference formulas.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from sagsae_cli.sae.base import SAE, Output
@@ -83,6 +85,7 @@ def _backward(g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided:
 
 
 _EAGER = {"forward": _forward, "backward": _backward}
+_COMPILED: dict = {}  # made on first use
 _impl = dict(_EAGER)
 
 
@@ -94,8 +97,20 @@ def use_compiled(enable: bool = True) -> bool:
     if not enable:
         _impl.update(_EAGER)
         return False
-    _impl.update({k: torch.compile(f, dynamic=False) for k, f in _EAGER.items()})
+    if not _COMPILED:
+        _COMPILED.update({k: torch.compile(f, dynamic=False) for k, f in _EAGER.items()})
+    _impl.update(_COMPILED)
     return True
+
+
+@contextmanager
+def compiled(enable: bool = True):
+    """The gate code compiled (``enable``) or eager inside the block; eager again after it."""
+    use_compiled(enable)
+    try:
+        yield
+    finally:
+        use_compiled(False)
 
 
 class _GateCode(torch.autograd.Function):
