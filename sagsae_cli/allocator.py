@@ -4,7 +4,7 @@ An SAE training step on the CPU allocates about a dozen tokens x latents arrays 
 4,096 and width 4,608). glibc serves every block above 32 MiB with a fresh ``mmap`` and unmaps it on
 ``free``, and PyTorch's CPU allocator keeps no cache, so each of those arrays page-faults its whole size
 in again: on the 2-core development VM a new array cost three to four times the arithmetic that fills
-it, and the whole step ran at about 2.1x its GEMM floor instead of about 1.6x
+it, and the whole step ran at about 2.1x its GEMM floor instead of about 1.6x with 2 threads (1.73x and 1.23x with 1)
 (``benchmarks/sae_step_bench.py`` prints both, side by side). With ``mmap`` off for large blocks they
 come from the heap, where a freed block is reused without faults; the heap keeps up to 1 GiB of free
 top instead of returning it at once. The price is memory: the heap fragments, and five SA-GSAE steps
