@@ -15,13 +15,15 @@ holding the owner (host, pid, a random token) and a heartbeat time:
   resumed on the same machine), or its heartbeat is older than ``SAGSAE_LOCK_LEASE`` seconds
   (default 600; a writer on another node that died). The takeover is itself a conditional overwrite
   of the stale object's ETag, so two processes cannot both take it over.
-Filesystems other than S3 get the conditional create where fsspec offers it and a plain overwrite
-for the takeover (documented race: two simultaneous takeovers of one stale lock).
+Filesystems other than S3 get the conditional create where fsspec offers it (gcsfs: GCS's
+``ifGenerationMatch=0``; adlfs: Azure's ``If-None-Match: *``) and a plain overwrite for the refresh and
+the takeover (documented race: two simultaneous takeovers of one stale lock).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -228,17 +230,28 @@ def _url_to_fs(url: str):
         from fsspec.core import url_to_fs
 
         _close_at_exit()
+        _quiet_backends()
         return url_to_fs(url)
     except ImportError as e:
         pkg = EXTRAS.get(scheme, f"the fsspec backend for {scheme}://")
         raise SagsaeError(
             f"{url}: {scheme}:// stores need {pkg} ({e}): pip install {pkg}"
-            + (f" (or pip install 'sagsae[{scheme}]')" if scheme in ("s3", "az") else "")
+            + (f" (or pip install 'sagsae[{scheme}]')" if scheme in ("s3", "az", "gs") else "")
         ) from None
     except ValueError as e:
         raise SagsaeError(
             f"{url} is not a store location fsspec knows ({e}): use a path or an fsspec URL"
         ) from None
+
+
+def _quiet_backends() -> None:
+    """Silence the storage backends' own logs unless the user has set their levels: they log every
+    failed request with its traceback (gcsfs: "_request out of retries"), and the failure reaches
+    the user anyway, as the one line of ``_remote_error``."""
+    for name in ("gcsfs", "s3fs", "adlfs", "aiobotocore", "botocore", "azure"):
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.CRITICAL)
 
 
 def _remote_error(loc: Location, e: Exception) -> SagsaeError:
@@ -248,6 +261,9 @@ def _remote_error(loc: Location, e: Exception) -> SagsaeError:
         "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
         "AWS_ENDPOINT_URL for an S3-compatible server)"
         if loc.url.startswith("s3://")
+        else "check the bucket exists and the credentials (GOOGLE_APPLICATION_CREDENTIALS; "
+        "STORAGE_EMULATOR_HOST for an emulator)"
+        if loc.url.startswith(("gs://", "gcs://"))
         else "check the URL and the credentials of its filesystem"
     )
     return SagsaeError(f"{loc.url}: {type(e).__name__}: {msg}: {hint}")
