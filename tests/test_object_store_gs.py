@@ -5,6 +5,7 @@ GCS's preconditions (``ifGenerationMatch=0`` creates over an existing object the
 conditional create, which real GCS enforces, is tested on S3 and Azure only. Skipped without gcsfs or
 the emulator."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ import pytest
 from conftest import free_port, local_server, run_cli
 from test_object_store import kill_resume_equals_local
 
+# before gcsfs is imported here: its default class asks a gRPC control API the emulator lacks for
+# every bucket's layout (a 60 s timeout each; the subprocesses get it from the fixture's environment)
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 pytest.importorskip("gcsfs")
 EMULATOR = shutil.which("gcp-storage-emulator", path=str(Path(sys.executable).parent)) or shutil.which(
     "gcp-storage-emulator"
@@ -22,9 +26,7 @@ pytestmark = pytest.mark.skipif(not EMULATOR, reason="gcp-storage-emulator (pip 
 
 @pytest.fixture(scope="module")
 def gs():
-    """The emulator on 127.0.0.1 with a bucket, STORAGE_EMULATOR_HOST in the environment; yields gcsfs.
-    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs would otherwise ask a gRPC control API the
-    emulator lacks for every bucket's layout (a 60 s timeout each)."""
+    """The emulator on 127.0.0.1 with a bucket, STORAGE_EMULATOR_HOST in the environment; yields gcsfs."""
     port = free_port()
     argv = [EMULATOR, "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", "sagsae-test",
             "--in-memory", "--quiet"]  # fmt: skip
