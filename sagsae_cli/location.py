@@ -15,9 +15,10 @@ holding the owner (host, pid, a random token) and a heartbeat time:
   resumed on the same machine), or its heartbeat is older than ``SAGSAE_LOCK_LEASE`` seconds
   (default 600; a writer on another node that died). The takeover is itself a conditional overwrite
   of the stale object's ETag, so two processes cannot both take it over.
-Filesystems other than S3 get the conditional create where fsspec offers it (gcsfs: GCS's
-``ifGenerationMatch=0``; adlfs: Azure's ``If-None-Match: *``) and a plain overwrite for the refresh and
-the takeover (documented race: two simultaneous takeovers of one stale lock).
+Azure Blob Storage (adlfs) gets the same conditions (``If-None-Match: *``, ``If-Match`` on the ETag).
+Other filesystems get the conditional create where fsspec offers it (gcsfs: GCS's
+``ifGenerationMatch=0``) and a plain overwrite for the refresh and the takeover (documented race: two
+simultaneous takeovers of one stale lock).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ class _ObjectLock:
     def __init__(self, loc: Location, doing: str):
         self.loc, self.doing, self.etag = loc, doing, None
         self.key = loc._key(LOCK)
-        self.s3 = loc.url.startswith("s3://")
+        self.ops = _conditional_ops(loc)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
         try:
             self._acquire()
@@ -305,14 +306,8 @@ class _ObjectLock:
     def _put(self, etag: str | None = None, create: bool = False) -> None:
         """Write our lock object: created only if absent, or overwriting only ``etag``; a failed
         condition is ``_Conflict``."""
-        fs = self.loc.fs
         try:
-            if self.s3:
-                kw = {"IfNoneMatch": "*"} if create else ({"IfMatch": etag} if etag else {})
-                b, k = self.key.split("/", 1)
-                self.etag = fs.call_s3("put_object", Bucket=b, Key=k, Body=self._body(), **kw).get("ETag")
-            else:
-                fs.pipe_file(self.key, self._body(), mode="create" if create else "overwrite")
+            self.etag = self.ops.put(self.key, self._body(), create=create, etag=etag)
         except FileExistsError:
             raise _Conflict() from None
         except OSError as e:
@@ -345,19 +340,15 @@ class _ObjectLock:
         raise SagsaeError(f"could not take the lock of {self.loc}: other processes keep taking it; try again")
 
     def _read(self) -> tuple[dict | None, str | None]:
-        fs = self.loc.fs
-        fs.invalidate_cache()
+        self.loc.fs.invalidate_cache()
         try:
-            if self.s3:
-                b, k = self.key.split("/", 1)
-                out = fs.call_s3("get_object", Bucket=b, Key=k)
-                body = _sync_read(fs, out["Body"])
-                return json.loads(body), out.get("ETag")
-            return json.loads(fs.cat_file(self.key)), None
+            body, etag = self.ops.get(self.key)
         except FileNotFoundError:
             return None, None
+        try:
+            return json.loads(body), etag
         except ValueError:
-            return {"host": "?", "pid": "?", "heartbeat": 0}, None  # garbled: treat as stale
+            return {"host": "?", "pid": "?", "heartbeat": 0}, etag  # garbled: treat as stale
 
     def refresh(self) -> None:
         """Renew the heartbeat; refused if another process has taken the lock over meanwhile."""
@@ -375,15 +366,107 @@ class _ObjectLock:
     def release(self) -> None:
         if self.key is None:
             return
-        fs, key, self.key = self.loc.fs, self.key, None
+        key, self.key = self.key, None
         try:
-            if self.s3 and self.etag:
-                b, k = key.split("/", 1)
-                fs.call_s3("delete_object", Bucket=b, Key=k, IfMatch=self.etag)
-            else:
-                fs.rm_file(key)
+            self.ops.delete(key, self.etag)
         except Exception:
             pass  # taken over or already gone: nothing of ours to release
+
+
+def _conditional_ops(loc: Location):
+    """The lock's three object operations on ``loc``'s filesystem, with conditions where it has them."""
+    if loc.url.startswith("s3://"):
+        return _S3Ops(loc.fs)
+    if type(loc.fs).__module__.startswith("adlfs"):
+        return _AzureOps(loc.fs)
+    return _FsspecOps(loc.fs)
+
+
+class _FsspecOps:
+    """Any fsspec filesystem: the create is conditional where the backend offers ``mode="create"``
+    (gcsfs: ``ifGenerationMatch=0``); overwrites and deletes are plain (no ETag: ``put`` returns None)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def put(self, key: str, body: bytes, create: bool, etag: str | None) -> str | None:
+        self.fs.pipe_file(key, body, mode="create" if create else "overwrite")
+        return None
+
+    def get(self, key: str) -> tuple[bytes, str | None]:
+        return self.fs.cat_file(key), None
+
+    def delete(self, key: str, etag: str | None) -> None:
+        self.fs.rm_file(key)
+
+
+class _S3Ops(_FsspecOps):
+    """S3: ``If-None-Match: *`` to create, ``If-Match: <ETag>`` to overwrite or delete."""
+
+    def put(self, key, body, create, etag):
+        b, k = key.split("/", 1)
+        kw = {"IfNoneMatch": "*"} if create else ({"IfMatch": etag} if etag else {})
+        return self.fs.call_s3("put_object", Bucket=b, Key=k, Body=body, **kw).get("ETag")
+
+    def get(self, key):
+        b, k = key.split("/", 1)
+        out = self.fs.call_s3("get_object", Bucket=b, Key=k)
+        return _sync_read(self.fs, out["Body"]), out.get("ETag")
+
+    def delete(self, key, etag):
+        b, k = key.split("/", 1)
+        self.fs.call_s3("delete_object", Bucket=b, Key=k, **({"IfMatch": etag} if etag else {}))
+
+
+class _AzureOps(_FsspecOps):
+    """Azure Blob Storage through adlfs's client: ``If-None-Match: *`` to create (adlfs's
+    ``overwrite=False``), ``If-Match: <ETag>`` to overwrite or delete, and the body read with its ETag
+    in one request."""
+
+    def _blob(self, key: str, work):
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from fsspec.asyn import sync
+
+        container, blob = key.split("/", 1)
+
+        async def run():
+            async with self.fs.service_client.get_blob_client(container=container, blob=blob) as bc:
+                return await work(bc)
+
+        try:
+            return sync(self.fs.loop, run)
+        except ResourceModifiedError:
+            raise FileExistsError(key) from None  # the If-Match condition failed
+        except ResourceNotFoundError:
+            raise FileNotFoundError(key) from None
+
+    @staticmethod
+    def _if_match(etag: str | None) -> dict:
+        from azure.core import MatchConditions
+
+        return {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+
+    def put(self, key, body, create, etag):
+        if create:
+            return self.fs.pipe_file(key, body, overwrite=False).get("etag")
+
+        async def work(bc):
+            return (await bc.upload_blob(body, overwrite=True, **self._if_match(etag)))["etag"]
+
+        return self._blob(key, work)
+
+    def get(self, key):
+        async def work(bc):
+            d = await bc.download_blob()
+            return await d.readall(), d.properties.etag
+
+        return self._blob(key, work)
+
+    def delete(self, key, etag):
+        async def work(bc):
+            await bc.delete_blob(**self._if_match(etag))
+
+        self._blob(key, work)
 
 
 def _stale(held: dict) -> str | None:

@@ -91,21 +91,22 @@ def hold_and_refuse(url: str):
     return w
 
 
-def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkeypatch):
+def lock_refuses_live_and_takes_over_stale(fs, url: str, monkeypatch):
+    """A lock held by a live process on another host is refused, the same lock past its lease is taken
+    over, and the writer whose lock was taken over stops before publishing its next commit (its
+    conditional overwrite fails)."""
     from sagsae_cli.errors import SagsaeError
     from sagsae_cli.store import StoreWriter, open_store
 
-    url, key = "s3://sagsae-test/locked", "sagsae-test/locked/.lock"
+    key = url.split("://", 1)[1] + "/.lock"
     w = hold_and_refuse(url)
-    # a lock held by a live process on another host is refused, the same lock past its lease is taken
-    # over, and the writer whose lock was taken over stops before publishing its next commit
-    held = json.loads(s3.cat(key))
-    s3.pipe(key, json.dumps({**held, "host": "elsewhere", "pid": 1}).encode())
+    held = json.loads(fs.cat(key))
+    fs.pipe(key, json.dumps({**held, "host": "elsewhere", "pid": 1}).encode())
     with pytest.raises(SagsaeError, match="another process is writing"):
         StoreWriter(url, d=4, dtype="float32", config={"c": 1})
     monkeypatch.setenv("SAGSAE_LOCK_LEASE", "0")
     w2 = StoreWriter(url, d=4, dtype="float32", config={"c": 1})
-    assert json.loads(s3.cat(key))["token"] == w2._lock.owner["token"]
+    assert json.loads(fs.cat(key))["token"] == w2._lock.owner["token"]
     w.append("train", torch.ones(7, 4))
     with pytest.raises(SagsaeError, match="lost the lock"):
         w.commit()
@@ -114,7 +115,11 @@ def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkey
     w2.append("train", torch.ones(2, 4))
     w2.commit()
     w2.close()
-    assert open_store(url).rows("train") == 7 and not s3.exists(key)
+    assert open_store(url).rows("train") == 7 and not fs.exists(key)
+
+
+def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkeypatch):
+    lock_refuses_live_and_takes_over_stale(s3, "s3://sagsae-test/locked", monkeypatch)
 
 
 def test_torchrun_trains_from_s3_and_eval_reads_it(tmp_path, s3):

@@ -1,6 +1,6 @@
 """Stores on Azure Blob Storage (``az://``), against Azurite (Microsoft's storage emulator, from npm)
 started on 127.0.0.1: a killed harvest resumes to the store a local harvest makes, train and eval read
-it, the writer's lock is a conditional create there too, and no command prints the traceback adlfs
+it, the writer's lock is taken, renewed and taken over with conditional writes there too, and no command prints the traceback adlfs
 raised at exit (location.close_clients). Credentials come from the standard environment variable
 AZURE_STORAGE_CONNECTION_STRING. Skipped without Azurite (``SAGSAE_AZURITE`` = its ``azurite-blob``,
 or on PATH) or adlfs."""
@@ -10,7 +10,11 @@ import shutil
 
 import pytest
 from conftest import free_port, local_server, run_cli
-from test_object_store import hold_and_refuse, kill_resume_equals_local
+from test_object_store import (
+    hold_and_refuse,
+    kill_resume_equals_local,
+    lock_refuses_live_and_takes_over_stale,
+)
 
 pytest.importorskip("adlfs")
 AZURITE = os.environ.get("SAGSAE_AZURITE") or shutil.which("azurite-blob")
@@ -56,3 +60,7 @@ def test_azure_lock_refuses_a_second_writer(az):
     url = "az://sagsae-test/locked"
     hold_and_refuse(url).close()
     assert open_store(url).rows("train") == 5 and not az.exists("sagsae-test/locked/.lock")
+
+
+def test_azure_lock_takeover_is_conditional(az, monkeypatch):
+    lock_refuses_live_and_takes_over_stale(az, "az://sagsae-test/taken", monkeypatch)
