@@ -26,3 +26,44 @@ def test_readme_opens_with_the_two_commands():
     assert "python -m pytest -q" in block[1]
     ci = (SCRIPTS[0].parents[1] / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci
+
+
+def test_outlier_probe_replays_the_run_and_removes_only_large_tokens(tmp_path):
+    """examples/outlier_probe.py on a tiny run: with nothing above --max-norm its two arms are the same
+    replay (identical figures); with one row 25x the others' norm in the store, it finds that row's
+    batch and the arm without it differs."""
+    import ast
+    import sys
+
+    import numpy as np
+    from conftest import run_cli
+
+    from sagsae_cli.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "s", d=8, dtype="float32", config={"t": 1}, chunk_rows=256) as w:
+        x = rng.normal(size=(3000, 8)).astype("float32")
+        x[1234] *= 25.0
+        w.append("train", x)
+        w.append("eval", rng.normal(size=(500, 8)).astype("float32"))
+        w.commit(complete=True)
+    run_cli("train", "--store", tmp_path / "s", "--out", tmp_path / "r", "--variant", "sa-gsae", "--width", 16,
+            "--tokens", 6000, "--batch", 100, "--snapshots", 2, "--quiet", check=0)  # fmt: skip
+    snap = next((tmp_path / "r").iterdir()) / "checkpoints" / "tokens-0000000002000"  # step 20
+    probe = Path(__file__).resolve().parents[1] / "examples" / "outlier_probe.py"
+
+    def run(max_norm):
+        p = subprocess.run([sys.executable, str(probe), str(tmp_path / "s"), str(snap), "--stop", "60",
+                            "--at", "30,45", "--batch", "100", "--max-norm", str(max_norm), "--eval-rows", "500"],
+                           capture_output=True, text=True)  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows = [line.split() for line in p.stdout.splitlines() if line.strip()[:2].isdigit()]
+        return p.stdout, {int(r[0]): (r[1:3], r[3:5]) for r in rows}
+
+    out, arms = run(1e9)
+    assert "above 1000000000.0: []" in out and sorted(arms) == [30, 45, 60]
+    assert all(a == b for a, b in arms.values())  # nothing removed: the same replay twice
+    out, arms = run(6.0)
+    big = ast.literal_eval(out.split("above 6.0: ", 1)[1].splitlines()[0])  # [(step, norm), ...]
+    assert len(big) >= 1 and all(20 <= s < 60 and n > 6.0 for s, n in big)  # the 25x row's batches
+    assert any(a != b for a, b in arms.values())
