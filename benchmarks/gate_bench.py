@@ -29,7 +29,7 @@ CASES = {
 def gate_fn(t: int, n: int, untied: bool, split: bool, two_sided: bool, theta: bool):
     g = torch.Generator().manual_seed(0)
     u, g_f, g_s = (torch.randn(t, n, generator=g) for _ in range(3))
-    vec = [torch.randn(n, generator=g) * 0.1 for _ in range(6)]
+    vec = [torch.randn(n, generator=g) * 0.1 for _ in range(5)]
     th = torch.rand(n, generator=g) * 0.5 if theta else None
     args = (
         u,

@@ -258,16 +258,22 @@ def _quiet_backends() -> None:
 def _remote_error(loc: Location, e: Exception) -> SagsaeError:
     """An object-store failure in one line (no bucket, no credentials, endpoint down, …)."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    hint = (
-        "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-        "AWS_ENDPOINT_URL for an S3-compatible server)"
-        if loc.url.startswith("s3://")
-        else "check the bucket exists and the credentials (GOOGLE_APPLICATION_CREDENTIALS; "
-        "STORAGE_EMULATOR_HOST for an emulator)"
-        if loc.url.startswith(("gs://", "gcs://"))
-        else "check the URL and the credentials of its filesystem"
+    hint = _CREDENTIAL_HINTS.get(
+        loc.url.split("://", 1)[0], "check the URL and the credentials of its filesystem"
     )
     return SagsaeError(f"{loc.url}: {type(e).__name__}: {msg}: {hint}")
+
+
+_GCS_HINT = (
+    "check the bucket exists and the credentials (GOOGLE_APPLICATION_CREDENTIALS; STORAGE_EMULATOR_HOST "
+    "for an emulator)"
+)
+_CREDENTIAL_HINTS = {  # by URL scheme: where each backend reads its credentials
+    "s3": "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_ENDPOINT_URL for an S3-compatible server)",
+    "gs": _GCS_HINT,
+    "gcs": _GCS_HINT,
+}
 
 
 class _FileLock:

@@ -69,6 +69,19 @@ def kill_resume_equals_local(tmp_path, fs, url: str):
     return resumed
 
 
+def train_and_eval_read(tmp_path, url: str) -> None:
+    """`train` reads the store at ``url`` (printing no traceback, not even at exit) and `eval` scores the
+    run on its 5,000 held-out rows."""
+    p = run_cli("train", "--store", url, "--out", tmp_path / "runs", "--width", 32, "--tokens", 20_000,
+                "--batch", 500, "--quiet", check=0)  # fmt: skip
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    run_cli("eval", *sorted((tmp_path / "runs").iterdir()), "--results", tmp_path / "res", "--quiet", check=0)
+    import pandas as pd
+
+    row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
+    assert row["eval_tokens"] == 5_000 and 0 < row["r2"] <= 1
+
+
 def test_harvest_kill_resume_on_s3_equals_local(tmp_path, s3):
     url = "s3://sagsae-test/syn"
     kill_resume_equals_local(tmp_path, s3, url)

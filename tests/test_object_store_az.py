@@ -9,11 +9,12 @@ import os
 import shutil
 
 import pytest
-from conftest import free_port, local_server, run_cli
+from conftest import free_port, local_server
 from test_object_store import (
     hold_and_refuse,
     kill_resume_equals_local,
     lock_refuses_live_and_takes_over_stale,
+    train_and_eval_read,
 )
 
 pytest.importorskip("adlfs")
@@ -44,14 +45,7 @@ def test_harvest_kill_resume_train_eval_on_azure(tmp_path, az):
     url = "az://sagsae-test/syn"
     p = kill_resume_equals_local(tmp_path, az, url)
     assert "Traceback" not in p.stderr, p.stderr[-2000:]  # adlfs's exit-time error is not printed
-    p = run_cli("train", "--store", url, "--out", tmp_path / "runs", "--width", 32, "--tokens", 20_000,
-                "--batch", 500, "--quiet", check=0)  # fmt: skip
-    assert "Traceback" not in p.stderr, p.stderr[-2000:]
-    run_cli("eval", *sorted((tmp_path / "runs").iterdir()), "--results", tmp_path / "res", "--quiet", check=0)
-    import pandas as pd
-
-    row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
-    assert row["eval_tokens"] == 5_000 and 0 < row["r2"] <= 1
+    train_and_eval_read(tmp_path, url)
 
 
 def test_azure_lock_refuses_a_second_writer(az):

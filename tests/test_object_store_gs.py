@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, local_server, run_cli
-from test_object_store import kill_resume_equals_local
+from test_object_store import kill_resume_equals_local, train_and_eval_read
 
 # before gcsfs is imported here: its default class asks a gRPC control API the emulator lacks for
 # every bucket's layout (a 60 s timeout each; the subprocesses get it from the fixture's environment)
@@ -43,13 +43,7 @@ def test_harvest_kill_resume_train_eval_on_gcs(tmp_path, gs):
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     p = run_cli("store", "info", url, check=0)
     assert url in p.stderr + p.stdout and "100,000" in p.stderr + p.stdout
-    run_cli("train", "--store", url, "--out", tmp_path / "runs", "--width", 32, "--tokens", 20_000,
-            "--batch", 500, "--quiet", check=0)  # fmt: skip
-    run_cli("eval", *sorted((tmp_path / "runs").iterdir()), "--results", tmp_path / "res", "--quiet", check=0)
-    import pandas as pd
-
-    row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
-    assert row["eval_tokens"] == 5_000 and 0 < row["r2"] <= 1
+    train_and_eval_read(tmp_path, url)
 
 
 def test_missing_bucket_is_one_line(gs):
