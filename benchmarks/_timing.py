@@ -5,6 +5,7 @@ import time
 import torch
 
 from sagsae_cli.sae import SAEConfig, build_sae
+from sagsae_cli.train import apply_update, make_optimizer
 
 
 def best_time(fn, repeats: int = 3) -> float:
@@ -25,20 +26,20 @@ def best_times(fns, repeats: int = 3) -> list[float]:
     return best
 
 
-def sae_step_fn(variant: str, d: int, width: int, batch: int, k: int = 64, clip: bool = False):
-    """One training step (forward, backward, decoder constraint, Adam) of ``variant`` on a fixed
-    random batch; ``clip`` adds the trainer's gradient-norm clip."""
+def sae_step_fn(variant: str, d: int, width: int, batch: int, k: int = 64, fused: bool = True):
+    """One training step of ``variant`` on a fixed random batch, as the trainer takes it: forward,
+    backward, then ``train.apply_update`` (decoder constraint, gradient clip, Adam). ``fused=False``
+    swaps the trainer's fused Adam for PyTorch's per-tensor loop."""
     sae = build_sae(variant, SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4, k=k))
-    opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999))
+    if fused:
+        opt = make_optimizer(sae, 3e-4)
+    else:
+        opt = torch.optim.Adam(sae.param_groups(3e-4), betas=(0.0, 0.999), foreach=False)
     x = torch.randn(batch, d)
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)
         sum(sae(x).losses.values()).backward()
-        sae.remove_parallel_grad()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        sae.normalise_decoder()
+        apply_update(sae, opt, 1.0)
 
     return step

@@ -31,7 +31,7 @@ from sagsae_cli.distributed import World, pick_device
 from sagsae_cli.reader import ShuffledBatches
 from sagsae_cli.sae import SAEConfig, build_sae, gating
 from sagsae_cli.store import StoreWriter, open_store
-from sagsae_cli.train import Run, TrainConfig
+from sagsae_cli.train import Run, TrainConfig, apply_update, make_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -82,7 +82,7 @@ def main() -> None:
 
     # 2. the bare step and 3. the trainer's step, side by side
     sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=d, d_sae=n, l1=0.2)).to(dev)
-    opt = torch.optim.Adam(sae.param_groups(2e-3), betas=(0.0, 0.999))
+    opt = make_optimizer(sae, 2e-3)
     x = torch.randn(b, d, device=dev)
 
     def bare():
@@ -91,10 +91,7 @@ def main() -> None:
             out = sae(x, coef=0.2)
         loss = sum(v.float() for v in out.losses.values())
         loss.backward()
-        sae.remove_parallel_grad()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        sae.normalise_decoder()
+        apply_update(sae, opt, 1.0)
         return loss
 
     def compiled():

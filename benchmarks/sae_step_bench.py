@@ -1,11 +1,13 @@
 """One training step (forward, backward, Adam, decoder constraint) of every architecture, against
 the bare matmul floor (the same GEMMs timed alone), each step timed in turns with its floor.
+``--optimizers`` also times each step with PyTorch's per-tensor Adam loop instead of the trainer's
+fused Adam, in the same turns.
 
 The process reuses freed large blocks (``sagsae_cli.allocator``, as `sagsae` does); unless
 ``--no-system`` it then runs itself again with glibc's default allocator (``SAGSAE_MALLOC=system``)
 for the comparison. ``--compile`` adds the Gated family's steps with the gate code compiled.
 
-    python benchmarks/sae_step_bench.py [--d 576] [--width 4608] [--batch 4096] [--repeats 3]
+    python benchmarks/sae_step_bench.py [--d 576] [--width 4608] [--batch 4096] [--repeats 3] [--optimizers]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from _timing import best_times, sae_step_fn
 
 from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.sae import ARCHITECTURES, gating
+
+LOOP = " (loop Adam)"
 
 
 def gemm_floor(d: int, n: int, b: int, aux: bool):
@@ -57,6 +61,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(ARCHITECTURES))
     ap.add_argument("--compile", action="store_true", help="also time the gate code under torch.compile")
+    ap.add_argument(
+        "--optimizers", action="store_true", help="also time each step with PyTorch's per-tensor Adam loop"
+    )
     ap.add_argument("--no-system", action="store_true", help="skip the run with glibc's default allocator")
     a = ap.parse_args()
     reuse = reuse_large_blocks()
@@ -68,15 +75,21 @@ def main() -> None:
     times = {}
     for name in a.variants.split(","):
         aux = ARCHITECTURES[name][0] in ("gated", "sa-gsae") and name != "no-aux"
-        fns = {name: sae_step_fn(name, a.d, a.width, a.batch, clip=True)}
+        fns = {name: sae_step_fn(name, a.d, a.width, a.batch)}
+        if a.optimizers:
+            fns[name + LOOP] = sae_step_fn(name, a.d, a.width, a.batch, fused=False)
         if a.compile and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
-            fns[f"{name} (compiled)"] = compiled(sae_step_fn(name, a.d, a.width, a.batch, clip=True))
+            fns[f"{name} (compiled)"] = compiled(sae_step_fn(name, a.d, a.width, a.batch))
         floor, *steps = best_times([gemm_floor(a.d, a.width, a.batch, aux), *fns.values()], a.repeats)
         for label, t in zip(fns, steps):
             times[label] = t
             print(f"{label:24s} {t * 1e3:9.1f} {a.batch / t:9,.0f} {floor * 1e3:9.1f} {t / floor:8.2f}")
     if "sa-gsae" in times and "gated" in times:
         print(f"sa-gsae / gated at equal width: {times['sa-gsae'] / times['gated']:.2f}x")
+    for label, t in times.items():
+        if label.endswith(LOOP):
+            name = label.removesuffix(LOOP)
+            print(f"{name}: step with fused Adam / with the loop: {times[name] / t:.2f}x")
     print("floor: 5 GEMMs (7 with the aux decode for the Gated family), timed in turns with each step")
     if reuse and not a.no_system:
         print("\nthe same with glibc's default allocator (a fresh mmap per large array):", flush=True)

@@ -24,7 +24,7 @@ from sagsae_cli.metrics import R2
 from sagsae_cli.reader import ShuffledBatches, sequential_batches
 from sagsae_cli.sae.base import load_sae
 from sagsae_cli.store import open_store
-from sagsae_cli.train import snapshot_tokens
+from sagsae_cli.train import apply_update, make_optimizer, snapshot_tokens
 
 
 def held_out(sae, store, rows: int) -> tuple[float, float]:
@@ -55,7 +55,7 @@ def batches(reader: ShuffledBatches, start: int, stop: int):
 def replay(store, snapshot: Path, reader: ShuffledBatches, start: int, stop: int, at: set[int], a,
            max_norm: float | None) -> dict[int, tuple[float, float]]:  # fmt: skip
     sae, _ = load_sae(snapshot)
-    opt = torch.optim.Adam(sae.param_groups(a.lr, a.threshold_lr_mult), betas=(a.beta1, 0.999))
+    opt = make_optimizer(sae, a.lr, a.threshold_lr_mult, (a.beta1, 0.999))
     out = {}
     for step, x in batches(reader, start, stop):
         if max_norm is not None:
@@ -63,10 +63,7 @@ def replay(store, snapshot: Path, reader: ShuffledBatches, start: int, stop: int
         if x.shape[0]:
             opt.zero_grad(set_to_none=False)
             sum(sae(x).losses.values()).backward()
-            sae.remove_parallel_grad()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            opt.step()
-            sae.normalise_decoder()
+            apply_update(sae, opt, 1.0)
         if step + 1 in at:
             out[step + 1] = held_out(sae, store, a.eval_rows)
     return out

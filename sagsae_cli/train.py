@@ -150,6 +150,26 @@ def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[in
     return b, r
 
 
+def make_optimizer(
+    sae: SAE, lr: float, threshold_lr_mult: float = 10.0, betas=(0.0, 0.999)
+) -> torch.optim.Adam:
+    """The trainer's Adam over ``sae``'s parameter groups (thresholds at ``threshold_lr_mult`` x lr).
+    PyTorch's fused kernel where it has one (CPU, CUDA): one pass per parameter instead of about
+    seven (docs/METHOD.md §4; benchmarks/sae_step_bench.py --optimizers times it against the loop)."""
+    device = next(sae.parameters()).device.type
+    fused = {"fused": True} if device in ("cpu", "cuda") else {}
+    return torch.optim.Adam(sae.param_groups(lr, threshold_lr_mult), betas=tuple(betas), **fused)
+
+
+def apply_update(sae: SAE, opt: torch.optim.Optimizer, clip: float) -> None:
+    """One constrained step from the gradients in place: drop each decoder row's parallel gradient,
+    clip the global gradient norm, Adam, renormalise the decoder rows (docs/METHOD.md §4)."""
+    sae.remove_parallel_grad()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
+    opt.step()
+    sae.normalise_decoder()
+
+
 L0_GAIN = 0.05  # target-L0 controller: log(coef) moves by this x the relative L0 error per step
 
 
@@ -174,9 +194,7 @@ class Run:
         if cfg.init_l0 > 0:
             self.sae.init_from_data(sample[:8192], cfg.init_l0)
         self.sae.to(world.device)
-        self.opt = torch.optim.Adam(
-            self.sae.param_groups(cfg.lr, cfg.threshold_lr_mult), betas=(cfg.adam_beta1, cfg.adam_beta2)
-        )
+        self.opt = make_optimizer(self.sae, cfg.lr, cfg.threshold_lr_mult, (cfg.adam_beta1, cfg.adam_beta2))
         self.step, self.history, self.coef = 0, [], cfg.l1
         self._bad: torch.Tensor | None = None  # first non-finite step, its loss, bad batch (_watch_finite)
         self._claim(force)
@@ -291,10 +309,7 @@ class Run:
         terms = {k: v.detach() for k, v in terms.items()}
         n_total, loss_total, fired_any, active, terms = self._reduce(n, loss.detach(), f, terms)
         self._watch_finite(loss_total, x if n else None)
-        sae.remove_parallel_grad()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.clip)
-        self.opt.step()
-        sae.normalise_decoder()
+        apply_update(sae, self.opt, cfg.clip)
         sae.update_fired(fired_any, n_total)
         if self.step < int(cfg.steps * (1 - cfg.decay_frac)):
             self._reset_dead()

@@ -3,6 +3,7 @@ cleared Adam moments), the threshold parameter group, lambda warm-up, initialisa
 threshold start, snapshots, the TopK aux loss value and the bf16 fused kernel. Plus a golden
 end-to-end run whose metrics must not move silently."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from conftest import run_cli
 from sagsae_cli.metrics import l0
 from sagsae_cli.sae import SAEConfig, build_sae
 from sagsae_cli.store import open_store
-from sagsae_cli.train import Run, TrainConfig, l1_factor, snapshot_dirs, snapshot_tokens, train
+from sagsae_cli.train import (
+    Run,
+    TrainConfig,
+    l1_factor,
+    make_optimizer,
+    snapshot_dirs,
+    snapshot_tokens,
+    train,
+)
 
 
 class _World:
@@ -109,6 +118,58 @@ def test_non_finite_steps_are_found_later_without_a_sync_and_named_exactly(store
         run2.train_step(sample[500 * i : 500 * (i + 1)], auto)
     with pytest.raises(SagsaeError, match=r"the loss is (nan|inf|-inf) at step [1-5]: no checkpoint"):
         run2.check_finite()
+
+
+def _adam_by_hand(p, g, m, v, step, lr, b1, b2, eps=1e-8):
+    """Adam's update written out (Kingma & Ba, with PyTorch's bias corrections); returns p, m, v."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    p = p - lr / (1 - b1**step) * m / ((v / (1 - b2**step)).sqrt() + eps)
+    return p, m, v
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_trainer_adam_is_adam_with_the_threshold_multiple_and_takes_an_old_loop_checkpoint(beta1):
+    """make_optimizer (the fused kernel) against Adam by hand, per parameter group: 3 steps on fixed
+    gradients. Then a state saved by PyTorch's per-tensor loop (what checkpoints before the fused
+    kernel hold) loads into it and continues the same trajectory."""
+    torch.manual_seed(0)
+    sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=6, d_sae=10, l1=0.2))
+    grads = [{n: torch.randn_like(p) for n, p in sae.named_parameters()} for _ in range(4)]
+    lr, mult = 1e-2, 10.0
+    opt = make_optimizer(sae, lr, mult, (beta1, 0.999))
+    assert opt.defaults["fused"] is True
+    want = {
+        n: (p.detach().clone(), torch.zeros_like(p), torch.zeros_like(p)) for n, p in sae.named_parameters()
+    }
+    for t in range(1, 4):
+        for n, p in sae.named_parameters():
+            p.grad = grads[t - 1][n].clone()
+            rate = lr * (mult if n == "log_threshold" else 1.0)
+            want[n] = _adam_by_hand(*want[n][:1], grads[t - 1][n], *want[n][1:], t, rate, beta1, 0.999)
+        opt.step()
+    for n, p in sae.named_parameters():
+        assert torch.allclose(p.detach(), want[n][0], rtol=1e-5, atol=1e-7), n
+    # a checkpoint from before the fused kernel: the same 3 steps through PyTorch's default Adam; its
+    # state, loaded into make_optimizer's, continues the same trajectory (4th step by hand)
+    old = build_sae("sa-gsae", SAEConfig(architecture="", d_in=6, d_sae=10, l1=0.2))
+    old.load_state_dict(sae.state_dict())  # the same weights (the fused run's, equal to rounding)
+    loop = torch.optim.Adam(old.param_groups(lr, mult), betas=(beta1, 0.999))
+    for t in range(3):
+        for n, p in old.named_parameters():
+            p.grad = grads[t][n].clone()
+        loop.step()  # moments only matter here: the weights are reset below
+    old.load_state_dict(sae.state_dict())
+    resumed = make_optimizer(old, lr, mult, (beta1, 0.999))
+    resumed.load_state_dict(copy.deepcopy(loop.state_dict()))
+    assert not any(g["fused"] for g in resumed.param_groups)  # it resumes on the loop it was saved with
+    for n, p in old.named_parameters():
+        p.grad = grads[3][n].clone()
+    resumed.step()
+    for n, p in old.named_parameters():
+        rate = lr * (mult if n == "log_threshold" else 1.0)
+        want_p = _adam_by_hand(*want[n][:1], grads[3][n], *want[n][1:], 4, rate, beta1, 0.999)[0]
+        assert torch.allclose(p.detach(), want_p, rtol=1e-5, atol=1e-7), n
 
 
 def test_data_driven_start_opens_at_the_requested_l0():
