@@ -1,5 +1,6 @@
 """Print the convergence study (examples/convergence_study.sh) as a Markdown table: per candidate,
-tokens to converge of SA-GSAE@H and Gated@2H (median and slowest over the sweep), their ratio, and
+tokens to converge of SA-GSAE@H and Gated@2H (median and slowest over the sweep), their ratio, the
+slowest runs by the on-the-frontier definition (`compare.convergence`'s ``tokens_on_frontier``), and
 the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis. A candidate that trains
 both architectures at several widths (b256-widths) also gets tokens to converge per width.
 
@@ -15,9 +16,10 @@ import pandas as pd
 def main(root: str) -> None:
     print(
         "| candidate | SA ttc median | SA ttc slowest | Gated ttc median | Gated ttc slowest | ratio (slowest) "
+        "| on the frontier: SA slowest / Gated slowest (ratio) "
         "| final worst gap | dead ratio | SA latents/axis (λ 0.2/0.4/0.8) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     by_width = {}
     for cand in sorted(
         p for p in Path(root).iterdir() if (p / "results" / "compare" / "convergence.parquet").exists()
@@ -35,7 +37,9 @@ def main(root: str) -> None:
         print(
             f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
-            f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} | {cmp_.worst_gap:+.4f} "
+            f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} "
+            f"| {sa.tokens_on_frontier.max() / 1e6:.2f}M / {ga.tokens_on_frontier.max() / 1e6:.2f}M "
+            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {cmp_.worst_gap:+.4f} "
             f"| {cmp_.dead_ratio_geomean:.2f}x | {' / '.join(map(str, per_axis))} |"
         )
 
@@ -43,12 +47,13 @@ def main(root: str) -> None:
         print(
             f"\n{name}: tokens to converge by architecture and width (λ 0.2 / 0.4 / 0.8; median, slowest)\n"
         )
-        print("| architecture | width | per λ | median | slowest |")
-        print("|---|---|---|---|---|")
+        print("| architecture | width | per λ | median | slowest | on the frontier, per λ |")
+        print("|---|---|---|---|---|---|")
         for (variant, width), g in conv.groupby(["variant", "width"]):
-            t = g.sort_values("l1").tokens_to_converge / 1e6
-            per = " / ".join(f"{v:.2f}M" for v in t)
-            print(f"| {variant} | {width} | {per} | {t.median():.2f}M | {t.max():.2f}M |")
+            g = g.sort_values("l1")
+            t, f = g.tokens_to_converge / 1e6, g.tokens_on_frontier / 1e6
+            per, per_f = (" / ".join(f"{v:.2f}M" for v in col) for col in (t, f))
+            print(f"| {variant} | {width} | {per} | {t.median():.2f}M | {t.max():.2f}M | {per_f} |")
 
 
 if __name__ == "__main__":

@@ -484,12 +484,19 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
     snaps, last = read_table(results, "checkpoints"), read_table(results)
     conv = convergence(snaps, last)
     write_compare(conv, results, "convergence")
-    table = Table(title="convergence: tokens until held-out R² stays within 0.005 and L0 within 10% of final")
-    for h in ("cell", "variant", "width", "runs", "median", "slowest", "of", "finished"):
+    table = Table(
+        title="convergence in tokens: until held-out R² stays within 0.005 and L0 within 10% of the run's final "
+        "point (median, slowest), and until it stays on its sweep's final frontier (R² at most 0.005 below "
+        "it at the run's L0; moving along it counts as converged)"
+    )
+    heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest", "of",
+             "finished")  # fmt: skip
+    for h in heads:
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
         table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), f"{g.tokens_to_converge.median():,.0f}",
-                      f"{g.tokens_to_converge.max():,.0f}", f"{g.tokens_final.max():,}",
+                      f"{g.tokens_to_converge.max():,.0f}", f"{g.tokens_on_frontier.median():,.0f}",
+                      f"{g.tokens_on_frontier.max():,.0f}", f"{g.tokens_final.max():,}",
                       f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
     try:

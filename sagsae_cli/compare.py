@@ -13,7 +13,7 @@ import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.files import atomic_write
-from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_to_converge
+from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_on_frontier, tokens_to_converge
 
 POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
 
@@ -54,6 +54,7 @@ def compare(
 
 
 RUN_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k", "seed"]
+SWEEP_KEYS = ["model", "hook", "variant", "width", "seed"]  # a run's final frontier: its sweep's final points
 
 
 def _history(checkpoints: pd.DataFrame, final: pd.DataFrame | None) -> pd.DataFrame:
@@ -69,16 +70,25 @@ def _history(checkpoints: pd.DataFrame, final: pd.DataFrame | None) -> pd.DataFr
 def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2_tol: float = 0.005,
                 l0_tol: float = 0.1) -> pd.DataFrame:  # fmt: skip
     """Per run: tokens to converge (held-out R² within ``r2_tol`` of its final value and L0 within
-    ``l0_tol`` of its final one from then on; ``metrics.tokens_to_converge``), with the final point.
-    ``finished`` is False when the run's last point is a snapshot (training still under way)."""
+    ``l0_tol`` of its final one from then on; ``metrics.tokens_to_converge``), with the final point,
+    and ``tokens_on_frontier``: from when on the run stays on the final frontier of its sweep (the
+    last points of the runs sharing its cell, variant, width and seed; ``metrics.tokens_on_frontier``),
+    which does not count moving along that frontier as unconverged. ``finished`` is False when the
+    run's last point is a snapshot (training still under way)."""
+    history = _history(checkpoints, final)
+    lasts = history.groupby("run_dir").tail(1)
     rows = []
-    for run_dir, g in _history(checkpoints, final).groupby("run_dir"):
+    for run_dir, g in history.groupby("run_dir"):
         last = g.iloc[-1]
         ttc = tokens_to_converge(g.tokens.to_numpy(), g.r2.to_numpy(), g.l0.to_numpy(), r2_tol, l0_tol)
+        sweep = lasts[(lasts[SWEEP_KEYS].fillna(-1) == last[SWEEP_KEYS].fillna(-1)).all(axis=1)]
+        on_frontier = tokens_on_frontier(g.tokens.to_numpy(), g.r2.to_numpy(), g.l0.to_numpy(),
+                                         sweep.l0.to_numpy(), sweep.r2.to_numpy(), r2_tol, l0_tol)  # fmt: skip
         rows.append({**{k: last[k] for k in RUN_KEYS}, "run": last["run"], "run_dir": run_dir,
                      "finished": bool(last["final"]), "points": len(g), "tokens_final": int(last.tokens),
                      "r2_final": float(last.r2), "l0_final": float(last.l0), "tokens_to_converge": ttc,
-                     "converged_at_frac": ttc / float(last.tokens)})  # fmt: skip
+                     "converged_at_frac": ttc / float(last.tokens), "tokens_on_frontier": on_frontier,
+                     "sweep_points": len(sweep)})  # fmt: skip
     return pd.DataFrame(rows)
 
 

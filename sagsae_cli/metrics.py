@@ -149,6 +149,31 @@ def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.
     return float(t[bad[-1] + 1] if len(bad) else t[0])
 
 
+def tokens_on_frontier(
+    tokens, r2, l0, frontier_l0, frontier_r2, r2_tol: float = 0.005, l0_tol: float = 0.1
+) -> float:
+    """Tokens after which a run stays on a final frontier: the first checkpoint from which every later
+    one has held-out R² at most ``r2_tol`` below the frontier (points (``frontier_l0``,
+    ``frontier_r2``), linear in log L0) at its own L0, and an L0 inside the frontier's range widened
+    by ``l0_tol`` (relative; the frontier is held flat beyond its ends). Unlike
+    ``tokens_to_converge``, a run that only moves *along* the frontier (sparsifying at the R² the
+    frontier has there) counts as converged. NaN for an empty history or frontier, or a last point off
+    the frontier."""
+    import numpy as np
+
+    if len(tokens) == 0 or len(frontier_l0) == 0:
+        return float("nan")
+    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
+    t, r, z = (np.asarray(v, dtype=float)[order] for v in (tokens, r2, l0))
+    fl, fr = np.asarray(frontier_l0, dtype=float), np.asarray(frontier_r2, dtype=float)
+    inside = (z >= fl.min() * (1 - l0_tol)) & (z <= fl.max() * (1 + l0_tol)) & (z > 0)
+    ok = inside & (r >= _interp_log(fl, fr, np.where(z > 0, z, 1.0)) - r2_tol)
+    bad = np.flatnonzero(~ok)
+    if not len(bad):
+        return float(t[0])
+    return float(t[bad[-1] + 1]) if bad[-1] + 1 < len(t) else float("nan")  # NaN: off it at the end
+
+
 # --- comparisons between frontiers (docs/METHOD.md §6) ----------------------------------------------
 def _interp_log(l0s, values, grid):
     import numpy as np

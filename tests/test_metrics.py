@@ -114,6 +114,27 @@ def test_tokens_to_converge_on_a_hand_made_history():
     assert math.isnan(tokens_to_converge([], [], []))
 
 
+def test_tokens_on_frontier_counts_moving_along_the_frontier_as_converged():
+    from sagsae_cli.metrics import tokens_on_frontier, tokens_to_converge
+
+    # the sweep's final frontier: (L0 5, R² 0.80) and (L0 10, R² 0.90), linear in log L0
+    front_l0, front_r2 = [10.0, 5.0], [0.90, 0.80]
+    tokens = [100, 200, 300, 400]
+    l0 = [8.0, 7.0, 6.0, 5.0]  # sparsifies to the end: L0 within 10% of 5 only at 400
+    # the frontier at L0 8, 7, 6: 0.8 + 0.1 log2(L0 / 5) = 0.8678, 0.8485, 0.8263
+    r2 = [0.84, 0.85, 0.83, 0.80]  # 0.028 below it at 8, on or above it from 7 on
+    assert tokens_to_converge(tokens, r2, l0) == 400
+    assert tokens_on_frontier(tokens, r2, l0, front_l0, front_r2) == 200
+    # an excursion below the frontier resets the clock; so does an L0 outside its range (+-10%)
+    assert tokens_on_frontier(tokens, [0.85, 0.85, 0.81, 0.80], l0, front_l0, front_r2) == 400
+    assert (
+        tokens_on_frontier(tokens, [0.95, 0.95, 0.83, 0.8], [12.0, 10.9, 6.0, 5.0], front_l0, front_r2) == 200
+    )
+    assert tokens_on_frontier(tokens, r2, [8.0, 7.0, 4.4, 5.0], front_l0, front_r2) == 400
+    assert math.isnan(tokens_on_frontier(tokens, r2, l0, [], []))
+    assert math.isnan(tokens_on_frontier(tokens, [0.84, 0.85, 0.83, 0.70], l0, front_l0, front_r2))
+
+
 def test_convergence_and_gap_by_tokens_from_tables():
     import pandas as pd
 
@@ -135,6 +156,8 @@ def test_convergence_and_gap_by_tokens_from_tables():
         and conv.loc["gated-0.1", "tokens_to_converge"] == 200
     )
     assert conv.finished.all() and (conv.tokens_final == 300).all()
+    # each sweep's frontier is its two final points; these runs never change L0, so both definitions agree
+    assert (conv.tokens_on_frontier == conv.tokens_to_converge).all() and (conv.sweep_points == 2).all()
     gaps = gap_by_tokens(snaps, final, matched_l0=4).set_index("tokens")
     # SA - Gated at equal L0: -0.35, -0.10, 0.0 at 100, 200, 300 tokens
     assert gaps.worst_gap.to_dict() == pytest.approx({100: -0.35, 200: -0.10, 300: 0.0})

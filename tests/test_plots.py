@@ -64,6 +64,8 @@ def test_compare_reports_convergence(results):
     assert "convergence" in p.stdout + p.stderr and "worst gap by tokens" in p.stdout + p.stderr
     conv = pd.read_parquet(results / "compare" / "convergence.parquet")
     assert len(conv) == 24 and conv.finished.all()
+    assert "frontier" in p.stdout + p.stderr and conv.tokens_on_frontier.notna().all()
+    assert (conv.tokens_on_frontier <= conv.tokens_final).all()
     gaps = pd.read_parquet(results / "compare" / "gap_by_tokens.parquet")
     assert sorted(set(gaps.tokens)) == [100, 200, 300]
 
