@@ -38,7 +38,8 @@ from sagsae_cli.errors import SagsaeError
 LOCK = ".lock"
 DEFAULT_LEASE_S = 600.0
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+EXTRAS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+_EXTRA_OF = {"s3fs": "s3", "gcsfs": "gs", "adlfs": "az"}  # pyproject's optional-dependency names
 
 
 def is_url(where: str | Path) -> bool:
@@ -117,7 +118,7 @@ class Location:
         try:
             return bool(self.fs.exists(self._key(rel)))
         except Exception as e:
-            raise _remote_error(self, e) from None
+            raise _remote_error(self.url, e) from None
 
     def names(self) -> list[str]:
         """The entries directly under the root (none if it does not exist)."""
@@ -129,7 +130,7 @@ class Location:
         except FileNotFoundError:
             return []
         except Exception as e:
-            raise _remote_error(self, e) from None
+            raise _remote_error(self.url, e) from None
         return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
 
     def files(self, rel: str = "") -> dict[str, int]:
@@ -146,7 +147,7 @@ class Location:
         except FileNotFoundError:
             return {}
         except Exception as e:
-            raise _remote_error(self, e) from None
+            raise _remote_error(self.url, e) from None
         return {k[len(root) + 1 :]: int(v.get("size") or 0) for k, v in found.items()}
 
     def mkdir(self) -> None:
@@ -169,7 +170,7 @@ class Location:
             if keys:
                 self.fs.rm([self._key(k) for k in keys])
         except Exception as e:
-            raise _remote_error(self, e) from None
+            raise _remote_error(self.url, e) from None
 
     # --- one writer at a time -------------------------------------------------------------------
     def lock(self, doing: str):
@@ -237,12 +238,16 @@ def _url_to_fs(url: str):
         pkg = EXTRAS.get(scheme, f"the fsspec backend for {scheme}://")
         raise SagsaeError(
             f"{url}: {scheme}:// stores need {pkg} ({e}): pip install {pkg}"
-            + (f" (or pip install 'sagsae[{scheme}]')" if scheme in ("s3", "az", "gs") else "")
+            + (f" (or pip install 'sagsae[{_EXTRA_OF[pkg]}]')" if pkg in _EXTRA_OF else "")
         ) from None
-    except ValueError as e:
-        raise SagsaeError(
-            f"{url} is not a store location fsspec knows ({e}): use a path or an fsspec URL"
-        ) from None
+    except Exception as e:  # the backend's constructor: no credentials, no JVM for hdfs://, ...
+        from fsspec.registry import known_implementations, registry
+
+        if scheme not in known_implementations and scheme not in registry:
+            raise SagsaeError(
+                f"{url} is not a store location fsspec knows ({e}): use a path or an fsspec URL"
+            ) from None
+        raise _remote_error(url, e) from None
 
 
 def _quiet_backends() -> None:
@@ -255,25 +260,30 @@ def _quiet_backends() -> None:
             log.setLevel(logging.CRITICAL)
 
 
-def _remote_error(loc: Location, e: Exception) -> SagsaeError:
+def _remote_error(url: str, e: Exception) -> SagsaeError:
     """An object-store failure in one line (no bucket, no credentials, endpoint down, …)."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     hint = _CREDENTIAL_HINTS.get(
-        loc.url.split("://", 1)[0], "check the URL and the credentials of its filesystem"
+        url.split("://", 1)[0].lower(), "check the URL and the credentials of its filesystem"
     )
-    return SagsaeError(f"{loc.url}: {type(e).__name__}: {msg}: {hint}")
+    return SagsaeError(f"{url}: {type(e).__name__}: {msg}: {hint}")
 
 
 _GCS_HINT = (
     "check the bucket exists and the credentials (GOOGLE_APPLICATION_CREDENTIALS; STORAGE_EMULATOR_HOST "
     "for an emulator)"
 )
-_CREDENTIAL_HINTS = {  # by URL scheme: where each backend reads its credentials
-    "s3": "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-    "AWS_ENDPOINT_URL for an S3-compatible server)",
-    "gs": _GCS_HINT,
-    "gcs": _GCS_HINT,
-}
+_S3_HINT = (
+    "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_ENDPOINT_URL for an S3-compatible server)"
+)
+_AZ_HINT = (
+    "check the container exists and the credentials (AZURE_STORAGE_CONNECTION_STRING, or "
+    "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN)"
+)
+_CREDENTIAL_HINTS = {  # by URL scheme
+    "s3": _S3_HINT, "s3a": _S3_HINT, "gs": _GCS_HINT, "gcs": _GCS_HINT, "az": _AZ_HINT, "abfs": _AZ_HINT,
+}  # fmt: skip
 
 
 class _FileLock:
@@ -304,7 +314,7 @@ class _ObjectLock:
         except SagsaeError:
             raise
         except Exception as e:
-            raise _remote_error(loc, e) from None
+            raise _remote_error(loc.url, e) from None
 
     def _body(self) -> bytes:
         return json.dumps({**self.owner, "heartbeat": time.time(), "doing": self.doing}).encode()
@@ -367,7 +377,7 @@ class _ObjectLock:
                 "publishing anything; rerun to resume"
             ) from None
         except Exception as e:
-            raise _remote_error(self.loc, e) from None
+            raise _remote_error(self.loc.url, e) from None
 
     def release(self) -> None:
         if self.key is None:
@@ -380,12 +390,11 @@ class _ObjectLock:
 
 
 def _conditional_ops(loc: Location):
-    """The lock's three object operations on ``loc``'s filesystem, with conditions where it has them."""
-    if loc.url.startswith("s3://"):
-        return _S3Ops(loc.fs)
-    if type(loc.fs).__module__.startswith("adlfs"):
-        return _AzureOps(loc.fs)
-    return _FsspecOps(loc.fs)
+    """The lock's three object operations on ``loc``'s filesystem, with conditions where it has them;
+    chosen by the filesystem's package, so every URL scheme it serves (s3:// and s3a://, az:// and
+    abfs://) gets the same conditions."""
+    ops = {"s3fs": _S3Ops, "adlfs": _AzureOps}.get(type(loc.fs).__module__.split(".")[0], _FsspecOps)
+    return ops(loc.fs)
 
 
 class _FsspecOps:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_model, run_cli, run_inproc
+from fsspec.spec import AbstractFileSystem
 from safetensors.torch import load_file, save_file
 
 from sagsae_cli.store import open_store
@@ -234,3 +235,27 @@ def test_eval_cache_follows_weights_and_settings(base, tmp_path):
     assert part.stat().st_mtime_ns == mtime
     run_cli("eval", run, "--results", tmp_path / "res", "--lr-windows", 3, check=0)  # other settings: redone
     assert part.stat().st_mtime_ns != mtime
+
+
+class _UnopenableFS(AbstractFileSystem):
+    """An fsspec backend whose constructor fails the way pyarrow's HDFS does without a JVM: an OSError
+    with a many-line message."""
+
+    protocol = "unopenable"
+
+    def __init__(self, *a, **kw):
+        raise OSError("Unable to load libjvm\n" + "dlopen(/usr/lib/jvm/x) failed\n" * 50)
+
+
+def test_a_url_whose_filesystem_cannot_be_opened_is_one_line(tmp_path, capsys):
+    import fsspec
+
+    fsspec.register_implementation("unopenable", _UnopenableFS, clobber=True)
+    for args in (
+        ["store", "info", "unopenable://h/x"],
+        ["harvest", "--source", "synthetic", "--tokens", 100, "--out", "unopenable://h/x", "--quiet"],
+        ["train", "--store", "unopenable://h/x", "--out", tmp_path / "r", "--quiet"],
+    ):
+        line = one_line_error(run_inproc(*args, capsys=capsys), "unopenable://h/x", "OSError", "libjvm")
+        assert "dlopen" not in line
+    assert not (tmp_path / "r").exists()

@@ -131,8 +131,9 @@ def lock_refuses_live_and_takes_over_stale(fs, url: str, monkeypatch):
     assert open_store(url).rows("train") == 7 and not fs.exists(key)
 
 
-def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkeypatch):
-    lock_refuses_live_and_takes_over_stale(s3, "s3://sagsae-test/locked", monkeypatch)
+@pytest.mark.parametrize("scheme", ["s3", "s3a"])  # s3a:// (Hadoop's name) is the same s3fs filesystem
+def test_object_lock_refuses_a_live_writer_and_takes_over_a_stale_one(s3, monkeypatch, scheme):
+    lock_refuses_live_and_takes_over_stale(s3, f"{scheme}://sagsae-test/locked-{scheme}", monkeypatch)
 
 
 def test_torchrun_trains_from_s3_and_eval_reads_it(tmp_path, s3):
