@@ -21,7 +21,8 @@ import torch
 from _timing import best_times, sae_step_fn
 
 from sagsae_cli.allocator import reuse_large_blocks
-from sagsae_cli.sae import ARCHITECTURES, gating
+from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, gating
+from sagsae_cli.train import make_optimizer
 
 LOOP = " (loop Adam)"
 
@@ -51,6 +52,21 @@ def compiled(step):
             step()
 
     return run
+
+
+def adam_steps(d: int, width: int):
+    """The optimiser step alone on an SA-GSAE's parameters (fixed gradients): the trainer's fused
+    Adam and PyTorch's per-tensor loop."""
+    fns = []
+    for fused in (True, False):
+        sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4))
+        for p in sae.parameters():
+            p.grad = torch.randn_like(p)
+        opt = make_optimizer(sae, 1e-3)
+        if not fused:
+            opt = torch.optim.Adam(sae.param_groups(1e-3), betas=(0.0, 0.999), foreach=False)
+        fns.append(torch.no_grad()(opt.step))
+    return fns
 
 
 def main() -> None:
@@ -86,6 +102,9 @@ def main() -> None:
             print(f"{label:24s} {t * 1e3:9.1f} {a.batch / t:9,.0f} {floor * 1e3:9.1f} {t / floor:8.2f}")
     if "sa-gsae" in times and "gated" in times:
         print(f"sa-gsae / gated at equal width: {times['sa-gsae'] / times['gated']:.2f}x")
+    if a.optimizers:
+        fused, loop = best_times(adam_steps(a.d, a.width), max(a.repeats, 10))
+        print(f"Adam step alone: fused {fused * 1e3:.2f} ms, loop {loop * 1e3:.2f} ms ({fused / loop:.2f}x)")
     for label, t in times.items():
         if label.endswith(LOOP):
             name = label.removesuffix(LOOP)
