@@ -182,7 +182,7 @@ def _floats(text: str, flag: str, lo: float | None = None) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SagsaeError(f"{flag} takes comma-separated numbers (got {text!r})") from None
-    bound = "finite" if lo is None else f">= {lo:g}"
+    bound = "finite" if lo is None else f"a finite number >= {lo:g}"
     for v in values:
         _check(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
     return values

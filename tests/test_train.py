@@ -105,7 +105,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
     [
         ({"--variant": "fancy"}, "unknown variant 'fancy'"),
         ({"--width": -3}, "--width must be positive"),
-        ({"--l1": "-0.1"}, "--l1 must be >= 0"),
+        ({"--l1": "-0.1"}, "--l1 must be a finite number >= 0"),
         ({"--store": "/nonexistent/store"}, "no activation store"),
     ],
 )
