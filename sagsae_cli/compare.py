@@ -22,10 +22,29 @@ def seed_means(table: pd.DataFrame) -> pd.DataFrame:
     """One point per (cell, variant, width, coefficient or target L0): seed means, with min/max of R²."""
     if "target_l0" not in table:  # tables written before target_l0 was a column
         table = table.assign(target_l0=0.0)
+    _one_run_per_seed(table)
     g = table.groupby(POINT_KEYS, dropna=False)
     points = g[["l0", "r2", "dead_frac", "bipolar_frac"]].mean()
     points["r2_min"], points["r2_max"], points["seeds"] = g["r2"].min(), g["r2"].max(), g["seed"].nunique()
     return points.reset_index()
+
+
+def _one_run_per_seed(table: pd.DataFrame) -> None:
+    """Refuse a table holding two different runs (run directories) of one variant, width, coefficient
+    and seed (e.g. runs trained with other settings into another --out, evaluated into the same
+    --results): seed means would average them as if they were seeds."""
+    if "run_dir" not in table or table.empty:
+        return
+    runs = table.groupby([*POINT_KEYS, "seed"], dropna=False).run_dir.unique()
+    twice = runs[runs.map(len) > 1]
+    if len(twice):
+        key, dirs = dict(zip([*POINT_KEYS, "seed"], twice.index[0])), sorted(twice.iloc[0])
+        coef = f"k {key['k']}" if key["k"] else f"λ {key['l1']:g}"
+        raise SagsaeError(
+            f"the results table holds {len(dirs)} different runs of {key['variant']}@{key['width']} {coef} seed "
+            f"{key['seed']} ({', '.join(dirs)}): seed means would average them; evaluate each set of runs "
+            "into its own --results"
+        )
 
 
 def compare(

@@ -182,3 +182,28 @@ def test_target_l0_seeds_pool_into_one_point():
     assert len(points) == 4 and (points.seeds == 2).all()
     verdict = compare(pd.DataFrame(rows), matched_l0=8).iloc[0]
     assert verdict.dominates and verdict.points_a == 2
+
+
+def test_two_runs_of_one_seed_in_a_table_are_refused_not_averaged():
+    """Runs of the same variant, width, coefficient and seed from two --out directories (another
+    setting, e.g. Adam beta1) evaluated into one --results: seed means must not average them."""
+    import pandas as pd
+
+    from sagsae_cli.compare import compare, seed_means
+    from sagsae_cli.errors import SagsaeError
+
+    rows = []
+    for out, r2_ in (("runs", 0.7), ("runs-beta09", 0.8)):
+        for variant, width in (("sa-gsae", 8), ("gated", 16)):
+            for l1, l0_ in ((0.1, 8.0), (0.4, 2.0)):
+                rows.append({"model": "m", "hook": "h", "variant": variant, "width": width, "l1": l1, "k": 0,
+                             "target_l0": 0.0, "seed": 0, "run_dir": f"/x/{out}/{variant}-{l1}", "l0": l0_,
+                             "r2": r2_, "dead_frac": 0.0, "bipolar_frac": 0.0})  # fmt: skip
+    table = pd.DataFrame(rows)
+    with pytest.raises(SagsaeError, match=r"2 different runs of .*seed 0 \(/x/runs-beta09/.*, /x/runs/"):
+        compare(table, matched_l0=4)
+    one = table[table.run_dir.str.startswith("/x/runs/")]
+    assert len(seed_means(one)) == 4 and compare(one, matched_l0=4).iloc[0].worst_gap == 0.0
+    # two seeds of one run configuration are what seed means are for
+    two_seeds = pd.concat([one, one.assign(seed=1, run_dir=one.run_dir + "-s1")])
+    assert (seed_means(two_seeds).seeds == 2).all()
