@@ -18,11 +18,10 @@ import subprocess
 import sys
 
 import torch
-from _timing import best_times, sae_step_fn
+from _timing import best_times, optimizer, sae_step_fn
 
 from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, gating
-from sagsae_cli.train import make_optimizer
 
 LOOP = " (loop Adam)"
 
@@ -62,10 +61,7 @@ def adam_steps(d: int, width: int):
         sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4))
         for p in sae.parameters():
             p.grad = torch.randn_like(p)
-        opt = make_optimizer(sae, 1e-3)
-        if not fused:
-            opt = torch.optim.Adam(sae.param_groups(1e-3), betas=(0.0, 0.999), foreach=False)
-        fns.append(torch.no_grad()(opt.step))
+        fns.append(torch.no_grad()(optimizer(sae, 1e-3, fused).step))
     return fns
 
 
