@@ -35,10 +35,10 @@ def _one_run_per_seed(table: pd.DataFrame) -> None:
     --results): seed means would average them as if they were seeds."""
     if "run_dir" not in table or table.empty:
         return
-    runs = table.groupby([*POINT_KEYS, "seed"], dropna=False).run_dir.unique()
+    runs = table.groupby(RUN_KEYS, dropna=False).run_dir.unique()
     twice = runs[runs.map(len) > 1]
     if len(twice):
-        key, dirs = dict(zip([*POINT_KEYS, "seed"], twice.index[0])), sorted(twice.iloc[0])
+        key, dirs = dict(zip(RUN_KEYS, twice.index[0])), sorted(twice.iloc[0])
         coef = f"k {key['k']}" if key["k"] else f"λ {key['l1']:g}"
         raise SagsaeError(
             f"the results table holds {len(dirs)} different runs of {key['variant']}@{key['width']} {coef} seed "
@@ -72,7 +72,7 @@ def compare(
     return pd.DataFrame(rows)
 
 
-RUN_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k", "seed"]
+RUN_KEYS = [*POINT_KEYS, "seed"]
 SWEEP_KEYS = ["model", "hook", "variant", "width", "seed"]  # a run's final frontier: its sweep's final points
 
 
