@@ -178,7 +178,11 @@ def local_server(argv: list[str], port: int, env: dict[str, str]):
         yield
     finally:
         server.terminate()
-        server.wait()
+        try:  # Azurite's graceful stop waits minutes for idle keep-alive connections; its data is a tmp dir
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
