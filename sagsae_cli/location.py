@@ -15,10 +15,11 @@ holding the owner (host, pid, a random token) and a heartbeat time:
   resumed on the same machine), or its heartbeat is older than ``SAGSAE_LOCK_LEASE`` seconds
   (default 600; a writer on another node that died). The takeover is itself a conditional overwrite
   of the stale object's ETag, so two processes cannot both take it over.
-Azure Blob Storage (adlfs) gets the same conditions (``If-None-Match: *``, ``If-Match`` on the ETag).
-Other filesystems get the conditional create where fsspec offers it (gcsfs: GCS's
-``ifGenerationMatch=0``) and a plain overwrite for the refresh and the takeover (documented race: two
-simultaneous takeovers of one stale lock).
+Azure Blob Storage (adlfs) gets the same conditions (``If-None-Match: *``, ``If-Match`` on the ETag),
+and Google Cloud Storage (gcsfs) their equivalent on the object's generation (``ifGenerationMatch=0``
+to create, ``ifGenerationMatch=<generation>`` to overwrite or delete). Other filesystems get the
+conditional create where fsspec offers it (``mode="create"``) and a plain overwrite for the refresh and
+the takeover (documented race: two simultaneous takeovers of one stale lock).
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def close_clients() -> None:
         return
     for fin in list(getattr(weakref.finalize, "_registry", {})):
         info = fin.peek()
+        if info and getattr(info[1], "__qualname__", "") == "GCSFileSystem.close_session":
+            _close_session_on_its_loop(fin, *info[2][1:2])
+            continue
         if not info or info[1] is not sync or len(info[2]) < 2:
             continue
         loop, close, *args = info[2]
@@ -211,6 +215,22 @@ def close_clients() -> None:
                 zarr_sync(close(*args))
         except Exception:
             pass
+
+
+def _close_session_on_its_loop(fin, session=None) -> None:
+    """gcsfs closes its aiohttp session in a finalizer that, at exit, runs it on fsspec's loop whatever
+    loop made it: for the filesystem zarr makes (on zarr's loop) that printed "attached to a different
+    loop" with a traceback once fsspec's loop had also been started (as the GCS lock's calls do)."""
+    import asyncio
+
+    loop = getattr(session, "_loop", None)
+    if session is None or session.closed or loop is None or not loop.is_running():
+        return
+    fin.detach()
+    try:
+        asyncio.run_coroutine_threadsafe(session.close(), loop).result(10)
+    except Exception:
+        pass
 
 
 _CLOSE_REGISTERED = []
@@ -393,7 +413,8 @@ def _conditional_ops(loc: Location):
     """The lock's three object operations on ``loc``'s filesystem, with conditions where it has them;
     chosen by the filesystem's package, so every URL scheme it serves (s3:// and s3a://, az:// and
     abfs://) gets the same conditions."""
-    ops = {"s3fs": _S3Ops, "adlfs": _AzureOps}.get(type(loc.fs).__module__.split(".")[0], _FsspecOps)
+    by_package = {"s3fs": _S3Ops, "adlfs": _AzureOps, "gcsfs": _GCSOps}
+    ops = by_package.get(type(loc.fs).__module__.split(".")[0], _FsspecOps)
     return ops(loc.fs)
 
 
@@ -431,6 +452,33 @@ class _S3Ops(_FsspecOps):
     def delete(self, key, etag):
         b, k = key.split("/", 1)
         self.fs.call_s3("delete_object", Bucket=b, Key=k, **({"IfMatch": etag} if etag else {}))
+
+
+class _GCSOps(_FsspecOps):
+    """Google Cloud Storage through gcsfs's JSON-API calls: an object's generation stands for its ETag,
+    ``ifGenerationMatch=0`` creates, ``ifGenerationMatch=<generation>`` overwrites or deletes (GCS answers
+    412, which gcsfs raises as FileExistsError)."""
+
+    def _upload_url(self) -> str:
+        return getattr(self.fs, "_location", "https://storage.googleapis.com") + "/upload/storage/v1/b/{}/o"
+
+    def put(self, key, body, create, etag):
+        b, k = key.split("/", 1)
+        out = self.fs.call("POST", self._upload_url(), b, uploadType="media", name=k, data=body, json_out=True,
+                           ifGenerationMatch="0" if create else etag)  # fmt: skip
+        self.fs.invalidate_cache(key)
+        return str(out["generation"])
+
+    def get(self, key):
+        b, k = key.split("/", 1)
+        generation = str(self.fs.call("GET", "b/{}/o/{}", b, k, json_out=True)["generation"])
+        _, body = self.fs.call("GET", "b/{}/o/{}", b, k, alt="media", generation=generation)  # that version
+        return body, generation
+
+    def delete(self, key, etag):
+        b, k = key.split("/", 1)
+        self.fs.call("DELETE", "b/{}/o/{}", b, k, ifGenerationMatch=etag)
+        self.fs.invalidate_cache(key)
 
 
 class _AzureOps(_FsspecOps):
