@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -37,6 +37,9 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-l1warm0) echo "--batch 256 --lr 2e-3 --l1-warmup 0" ;;
     b256-noreset) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without dead-latent resets (sa_variant)
     b256-split) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE with per-sign thresholds (sa_variant)
+    b256-noaux) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without the auxiliary term, alpha = 0 (sa_variant)
+    b256-aux05) echo "--batch 256 --lr 2e-3 --aux-coef 0.5" ;;  # alpha (both architectures)
+    b256-aux2) echo "--batch 256 --lr 2e-3 --aux-coef 2" ;;
     b256-decdata) echo "--batch 256 --lr 2e-3 --init-decoder data" ;;
     b256-decdata-s1) echo "--batch 256 --lr 2e-3 --init-decoder data --seeds 1" ;;
     b256-widths) echo "--batch 256 --lr 2e-3" ;;  # both architectures at H and 2H (sa_widths, gated_widths)
@@ -48,6 +51,7 @@ sa_variant() {  # candidate -> the SA-GSAE variant trained at H (the A side of t
   case "$1" in
     *noreset*) echo "no-reset" ;;
     *split*) echo "sa-gsae-split" ;;
+    *noaux*) echo "no-aux" ;;
     *) echo "sa-gsae" ;;
   esac
 }

@@ -252,6 +252,9 @@ def train(
     threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
     warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
+    aux_coef: float = typer.Option(
+        1.0, help="Weight alpha of the gated / sa-gsae auxiliary reconstruction term (no-aux: 0)."
+    ),
     init_l0: float = typer.Option(
         0.0,
         help="Data-driven start: thresholds open at about this L0 on the first batch (0 = theta_0 for all).",
@@ -312,15 +315,15 @@ def train(
     for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
         _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
     _check(
-        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
-        "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
+        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0 and math.isfinite(aux_coef) and aux_coef >= 0,
+        "--theta0 and --threshold-lr-mult must be positive, --init-l0 and --aux-coef finite and >= 0",
     )
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
         threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
-        init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1,
+        aux_coef=aux_coef, init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1,
         snapshots=snapshots, dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
     variants = [v.strip() for v in variant.split(",") if v.strip()]

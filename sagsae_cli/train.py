@@ -64,6 +64,7 @@ class TrainConfig:
     init_decoder: str = "random"  # "data": decoder rows = centred training rows (W_enc = W_dec^T)
     clip: float = 1.0
     theta0: float = 1e-3
+    aux_coef: float = 1.0  # alpha of the gated / sa-gsae auxiliary term (the no-aux variant forces 0)
     dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
     checkpoint_every: int = 1000  # steps
     snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
@@ -185,7 +186,7 @@ class Run:
             locks.take(self.dir)
         sae_cfg = SAEConfig(
             architecture="", d_in=d_in, d_sae=cfg.width, l1=cfg.l1, k=cfg.k, theta0=cfg.theta0,
-            dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
+            alpha=cfg.aux_coef, dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
         )  # fmt: skip
         self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
         self.sae.init_b_dec(sample)

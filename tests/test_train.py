@@ -107,6 +107,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
         ({"--width": -3}, "--width must be positive"),
         ({"--l1": "-0.1"}, "--l1 must be a finite number >= 0"),
         ({"--store": "/nonexistent/store"}, "no activation store"),
+        ({"--aux-coef": "nan"}, "--aux-coef finite and >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(synth, tmp_path, over, message):
@@ -155,6 +156,25 @@ def test_init_decoder_from_data(synth, tmp_path):
     run_cli(*_train_args(synth, tmp_path, **{"--tokens": 5000}), "--init-decoder", "data", check=0)
     p = run_cli(*_train_args(synth, tmp_path / "b"), "--init-decoder", "pca", check=2)
     assert "--init-decoder is random or data" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_aux_coef_is_the_auxiliary_weight(synth, tmp_path):
+    """--aux-coef is alpha in both gated architectures' loss; the no-aux variant keeps alpha = 0."""
+    from dataclasses import replace
+
+    from sagsae_cli.sae import load_sae
+
+    args = _train_args(synth, tmp_path, **{"--tokens": 3000, "--variant": "sa-gsae,gated,no-aux"})
+    run_cli(*args, "--aux-coef", "0.25", check=0)
+    x = open_store(synth).read("eval", 0, 256, normalise=True)
+    for run, alpha in (("sa-gsae", 0.25), ("gated", 0.25), ("no-aux", 0.0)):
+        sae, _ = load_sae(tmp_path / f"{run}-w32-l1_0.3-s0")
+        assert sae.cfg.alpha == alpha, run
+        aux = sae.train()(x).losses.get("aux", torch.tensor(0.0))  # alpha 0: no term at all
+        sae.cfg = replace(sae.cfg, alpha=1.0)  # the same SAE and batch at alpha 1: the term scales by alpha
+        assert torch.allclose(aux, alpha * sae(x).losses["aux"]) and sae(x).losses["aux"] > 0, run
+    p = run_cli(*args, "--aux-coef", "0.5", check=2)  # another alpha is another config
+    assert "aux_coef" in p.stderr and "different config" in p.stderr
 
 
 def test_schedules():
