@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -40,11 +40,16 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-noaux) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without the auxiliary term, alpha = 0 (sa_variant)
     b256-aux05) echo "--batch 256 --lr 2e-3 --aux-coef 0.5" ;;  # alpha (both architectures)
     b256-aux2) echo "--batch 256 --lr 2e-3 --aux-coef 2" ;;
+    b256-aux2-l1x2) echo "--batch 256 --lr 2e-3 --aux-coef 2" ;;  # and twice the coefficients (l1s)
     b256-decdata) echo "--batch 256 --lr 2e-3 --init-decoder data" ;;
     b256-decdata-s1) echo "--batch 256 --lr 2e-3 --init-decoder data --seeds 1" ;;
     b256-widths) echo "--batch 256 --lr 2e-3" ;;  # both architectures at H and 2H (sa_widths, gated_widths)
     *) "$1"_flags ;;
   esac
+}
+
+l1s() {  # candidate -> the coefficients of both sweeps (alpha 2 shifts the sweep to a higher L0: also 2x lambda)
+  case "$1" in *l1x2*) echo 0.4,0.8,1.6 ;; *) echo 0.2,0.4,0.8 ;; esac
 }
 
 sa_variant() {  # candidate -> the SA-GSAE variant trained at H (the A side of the comparison)
@@ -68,12 +73,12 @@ for C in $CANDIDATES; do
   A=$(sa_variant "$C")
   for W in $(sa_widths "$C"); do
     # shellcheck disable=SC2046
-    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width "$W" --l1 0.2,0.4,0.8 \
+    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width "$W" --l1 "$(l1s "$C")" \
       --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
   done
   for W in $(gated_widths "$C"); do
     # shellcheck disable=SC2046
-    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width "$W" --l1 0.2,0.4,0.8 \
+    sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width "$W" --l1 "$(l1s "$C")" \
       --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
   done
   sagsae eval "$OUT/$C"/runs/* --results "$OUT/$C/results" --checkpoints --lr-windows 0 --quiet > /dev/null
