@@ -6,7 +6,7 @@
 # figures and the feature browser (both signs of every latent, in a static site). Training uses the
 # budget-aware defaults (--batch auto = 128 here: about 1,200 optimizer steps from 150k tokens;
 # --lr auto = 2e-3): SA-GSAE needs steps more than tokens (docs/METHOD.md §8).
-# About 8 minutes on a 2-core CPU after installation (measured 2026-12-01: 9 min 51 s from a fresh clone). Rerunnable: every stage resumes or skips
+# About 8 minutes on a 2-core CPU after installation (measured 2026-12-02: 9 min 48 s from a fresh clone). Rerunnable: every stage resumes or skips
 # what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 ROOT=${ROOT:-out/synthetic}
 TOKENS=${TOKENS:-2M}
 L1=${L1:-0.2,0.4,0.8}
-COMMON=(--tokens "$TOKENS" --l1 "$L1" --quiet)
+SEEDS=${SEEDS:-0}  # e.g. SEEDS=0,1: the tables and figures then show seed means and spreads
+COMMON=(--tokens "$TOKENS" --l1 "$L1" --seeds "$SEEDS" --quiet)
 . examples/_setup.sh
 
 cell() {  # cell NAME STORE-FLAGS...: harvest, then SA-GSAE@48 and Gated@96 (and the reverse widths for C)
