@@ -17,9 +17,9 @@ def main(root: str) -> None:
     print(
         "| candidate | SA ttc median | SA ttc slowest | Gated ttc median | Gated ttc slowest | ratio (slowest) "
         "| on the frontier: SA slowest / Gated slowest (ratio) "
-        "| final worst gap | dead ratio | SA latents/axis (λ 0.2/0.4/0.8) |"
+        "| final worst gap | dead ratio | SA latents/axis (λ ascending) | λ |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     by_width = {}
     for cand in sorted(
         p for p in Path(root).iterdir() if (p / "results" / "compare" / "convergence.parquet").exists()
@@ -34,13 +34,16 @@ def main(root: str) -> None:
             sa, ga = sa[sa.width == sa.width.min()], ga[ga.width == ga.width.max()]
         sa_runs = ev[(ev.variant != "gated") & (ev.width == sa.width.min())]
         per_axis = sa_runs.sort_values("l1").latents_per_axis.round(2).tolist()
+        lams = " / ".join(f"{v:g}" for v in sorted(sa_runs.l1.unique()))
+        gap = "n/a (no L0 overlap)" if pd.isna(cmp_.worst_gap) else f"{cmp_.worst_gap:+.4f}"
+        dead = "n/a" if pd.isna(cmp_.dead_ratio_geomean) else f"{cmp_.dead_ratio_geomean:.2f}x"
         print(
             f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} "
             f"| {sa.tokens_on_frontier.max() / 1e6:.2f}M / {ga.tokens_on_frontier.max() / 1e6:.2f}M "
-            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {cmp_.worst_gap:+.4f} "
-            f"| {cmp_.dead_ratio_geomean:.2f}x | {' / '.join(map(str, per_axis))} |"
+            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {gap} "
+            f"| {dead} | {' / '.join(map(str, per_axis))} | {lams} |"
         )
 
     for name, conv in by_width.items():  # tokens to converge per architecture and width
