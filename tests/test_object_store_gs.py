@@ -112,7 +112,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header(k, v.replace(srv.upstream, mine) if k.lower() == "location" else v)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
 
