@@ -52,13 +52,20 @@ def _cells(points: pd.DataFrame):
     return fig, list(zip(axes.flat, cells))
 
 
+def _width_style(cell: pd.DataFrame, variant: str, width: int) -> str:
+    """The line style of one width of ``variant`` in ``cell``: solid for its narrowest, then dashed, dotted, dash-dot."""
+    widths = sorted(cell.loc[cell.variant == variant, "width"].unique())
+    return STYLES[widths.index(width) % len(STYLES)]
+
+
 def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None):
     for (variant, width), grp in cell.groupby(["variant", "width"]):
         grp = grp.sort_values("l0")
         color = COLORS.get(variant, None)
         label = f"{LABELS.get(variant, variant)}, width {width}"
-        wider = width > cell.loc[cell.variant == variant, "width"].min()  # a variant's second width: dashed
-        ax.plot(grp.l0, grp[y], "o--" if wider else "o-", color=color, label=label, lw=1.8, ms=4)
+        ax.plot(
+            grp.l0, grp[y], "o" + _width_style(cell, variant, width), color=color, label=label, lw=1.8, ms=4
+        )
         if band and (grp.seeds > 1).any():
             ax.fill_between(grp.l0, grp[band[0]], grp[band[1]], color=color, alpha=0.2, lw=0)
     ax.set_xscale("log")
@@ -253,13 +260,11 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
         else:
             ax.set_title(f"{model} · {hook}\n(no token count with snapshots of both sides)", fontsize=9)
         ax.set_ylabel("worst R² gap over the L0 overlap")
-        widths = {v: sorted(w.width.unique()) for v, w in cell.groupby("variant")}
         for _, r in cell.groupby("run_dir"):
             r = r.sort_values("tokens")
             v, w = r.variant.iloc[0], r.width.iloc[0]
-            style = STYLES[widths[v].index(w) % len(STYLES)]  # solid for the narrowest width, then dashed
             for ax, col in ((row[1], "r2"), (row[2], "l0")):
-                ax.plot(r.tokens / 1e6, r[col], style, color=COLORS.get(v), lw=1.2, alpha=0.8,
+                ax.plot(r.tokens / 1e6, r[col], _width_style(cell, v, w), color=COLORS.get(v), lw=1.2, alpha=0.8,
                         label=f"{LABELS.get(v, v)} w{w}")  # fmt: skip
         row[1].set_ylabel("held-out R²")
         row[2].set_ylabel("held-out L0 (log scale)")
