@@ -315,8 +315,12 @@ def train(
     for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
         _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
     _check(
-        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0 and math.isfinite(aux_coef) and aux_coef >= 0,
-        "--theta0 and --threshold-lr-mult must be positive, --init-l0 and --aux-coef finite and >= 0",
+        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
+        "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
+    )
+    _check(
+        math.isfinite(aux_coef) and aux_coef >= 0,
+        f"--aux-coef must be a finite number >= 0 (got {aux_coef:g})",
     )
     run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
     batch, lr = _batch_lr(run_tokens, batch, lr)

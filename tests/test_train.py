@@ -107,7 +107,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(synth, tmp_path):
         ({"--width": -3}, "--width must be positive"),
         ({"--l1": "-0.1"}, "--l1 must be a finite number >= 0"),
         ({"--store": "/nonexistent/store"}, "no activation store"),
-        ({"--aux-coef": "nan"}, "--aux-coef finite and >= 0"),
+        ({"--aux-coef": "nan"}, "--aux-coef must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(synth, tmp_path, over, message):
@@ -172,7 +172,8 @@ def test_aux_coef_is_the_auxiliary_weight(synth, tmp_path):
         assert sae.cfg.alpha == alpha, run
         aux = sae.train()(x).losses.get("aux", torch.tensor(0.0))  # alpha 0: no term at all
         sae.cfg = replace(sae.cfg, alpha=1.0)  # the same SAE and batch at alpha 1: the term scales by alpha
-        assert torch.allclose(aux, alpha * sae(x).losses["aux"]) and sae(x).losses["aux"] > 0, run
+        unit = sae(x).losses["aux"]
+        assert torch.allclose(aux, alpha * unit) and unit > 0, run
     p = run_cli(*args, "--aux-coef", "0.5", check=2)  # another alpha is another config
     assert "aux_coef" in p.stderr and "different config" in p.stderr
 
