@@ -21,7 +21,8 @@ import torch
 from _timing import best_times, optimizer, sae_step_fn
 
 from sagsae_cli.allocator import reuse_large_blocks
-from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, gating
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, gating, resolve
 
 LOOP = " (loop Adam)"
 
@@ -78,6 +79,10 @@ def main() -> None:
     )
     ap.add_argument("--no-system", action="store_true", help="skip the run with glibc's default allocator")
     a = ap.parse_args()
+    try:
+        names = [resolve(v.strip()) for v in a.variants.split(",") if v.strip()]
+    except SagsaeError as e:
+        ap.error(str(e))
     reuse = reuse_large_blocks()
     print(
         f"d={a.d} width={a.width} batch={a.batch} fp32, {torch.get_num_threads()} threads, best of "
@@ -85,7 +90,7 @@ def main() -> None:
     )
     print(f"{'architecture':24s} {'ms/step':>9s} {'tok/s':>9s} {'floor ms':>9s} {'x floor':>8s}")
     times = {}
-    for name in a.variants.split(","):
+    for name in names:
         aux = ARCHITECTURES[name][0] in ("gated", "sa-gsae") and name != "no-aux"
         fns = {name: sae_step_fn(name, a.d, a.width, a.batch)}
         if a.optimizers:

@@ -176,13 +176,13 @@ def _print_summary(path: str) -> None:
     )
 
 
-def _floats(text: str, flag: str, lo: float | None = None) -> list[float]:
+def _floats(text: str, flag: str, lo: float | None = None, what: str = "a finite number") -> list[float]:
     """Comma-separated finite numbers, each >= ``lo`` when given."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SagsaeError(f"{flag} takes comma-separated numbers (got {text!r})") from None
-    bound = "finite" if lo is None else f"a finite number >= {lo:g}"
+    bound = "finite" if lo is None else f"{what} >= {lo:g}"
     for v in values:
         _check(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
     return values
@@ -190,7 +190,7 @@ def _floats(text: str, flag: str, lo: float | None = None) -> list[float]:
 
 def _ints(text: str, flag: str, lo: int = 0) -> list[int]:
     """Comma-separated whole numbers >= ``lo`` (seeds, k)."""
-    values = _floats(text, flag, lo)
+    values = _floats(text, flag, lo, what="a whole number")
     _check(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
     return [int(v) for v in values]
 
@@ -359,8 +359,10 @@ def eval_cmd(
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and
-    latents per axis on synthetic stores. Writes <results>/eval/<run>.parquet."""
+    """Held-out metrics of trained runs into <results>/eval/<run>.parquet.
+
+    R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and latents per axis on synthetic stores.
+    """
     from sagsae_cli.evaluate import evaluate
 
     eval_tokens = _tokens(eval_tokens, "--eval-tokens")
@@ -406,8 +408,10 @@ def ablate(
     force: bool = typer.Option(False, help="Retrain and re-evaluate."),
     quiet: Quiet = False,
 ) -> None:
-    """The ablation grid: tied, untied, no-aux, one-sided, no-reset, gated at H and gated at 2H;
-    trained in one pass, evaluated, and tabulated relative to the tied default."""
+    """The ablation grid, trained in one pass, evaluated and tabulated against the tied default.
+
+    Variants: tied, untied, no-aux, one-sided, no-reset, gated at H and gated at 2H.
+    """
     from sagsae_cli.ablate import ablate as run_ablate
     from sagsae_cli.train import TrainConfig
 
@@ -442,8 +446,10 @@ def compare(
     a: str = typer.Option("sa-gsae", help="Variant at width H (SA-half)."),
     b: str = typer.Option("gated", help="Variant at width 2H (Gated-full)."),
 ) -> None:
-    """The paper's comparison per cell: Pareto verdict of A@H against B@2H over their L0 overlap,
-    dead-fraction cut at a matched L0 and the sweep-geomean dead ratio. Saves <results>/compare/."""
+    """The paper's comparison per cell (A at width H against B at 2H), saved to <results>/compare/.
+
+    Pareto verdict over the two sweeps' L0 overlap, worst R² gap, dead-fraction cut at a matched L0 and the sweep-geomean dead ratio.
+    """
     import pandas as pd
 
     from sagsae_cli.compare import compare as run_compare
@@ -564,8 +570,10 @@ def browse(
     force: bool = typer.Option(False, help="Replace a site already in --out."),
     quiet: Quiet = False,
 ) -> None:
-    """A feature browser: per latent and sign, top contexts, activation histograms and logit effects,
-    as features.parquet and a static site (open <out>/index.html; no server, no network)."""
+    """A feature browser: a static site of every latent, both signs apart.
+
+    Per latent and sign: top contexts, activation histograms and logit effects, as features.parquet and a static site (open <out>/index.html; no server, no network).
+    """
     from sagsae_cli.browse import browse as run_browse
     from sagsae_cli.distributed import pick_device
 
@@ -636,8 +644,10 @@ def store_import(
     force: bool = typer.Option(False, help="Delete an existing store at --out first."),
     quiet: Quiet = False,
 ) -> None:
-    """Activations made elsewhere (SAELens cached activations, nnsight .npy, ...) into a store, streamed
-    in slices with bounded memory; the first --split-eval of the rows becomes the eval split."""
+    """Activations made elsewhere (SAELens cached activations, nnsight .npy, ...) into a store.
+
+    Streamed in slices with bounded memory; the first --split-eval of the rows becomes the eval split.
+    """
     from sagsae_cli.importer import import_store
 
     _check(0 <= split_eval < 1, f"--split-eval is a share in [0, 1) (got {split_eval:g})")

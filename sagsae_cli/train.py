@@ -227,8 +227,9 @@ class Run:
         mine = json.loads(json.dumps(asdict(self.cfg), default=str))
         if record.exists() and not force:
             theirs = {**_DEFAULTS, **read_json(record, "pass --force to start this run over")}
-            if _same_store_path(theirs) != _same_store_path(mine):
-                diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+            ours, recorded = _identity(mine), _identity(theirs)
+            if recorded != ours:
+                diff = sorted(k for k in ours if recorded.get(k) != ours[k])
                 raise SagsaeError(
                     f"{self.dir} holds a run with a different config ({', '.join(diff)} differ): "
                     "pass --force to overwrite it, or choose another --out"
@@ -460,9 +461,15 @@ class RunLocks:
 _DEFAULTS = json.loads(json.dumps(asdict(TrainConfig()), default=str))
 
 
-def _same_store_path(cfg: dict) -> dict:
-    """The config with its store path resolved: `out/s` and `/abs/out/s` name the same store."""
-    return {**cfg, "store": Location(cfg.get("store", "")).canonical()}
+# settings that change what a run reports, not what it computes: a resume may change them
+_BOOKKEEPING = ("log_every", "checkpoint_every")
+
+
+def _identity(cfg: dict) -> dict:
+    """What a resumed run must share with its record: the config without the bookkeeping settings,
+    its store path resolved (`out/s` and `/abs/out/s` name the same store)."""
+    kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING}
+    return {**kept, "store": Location(cfg.get("store", "")).canonical()}
 
 
 def train(

@@ -73,7 +73,8 @@ def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
         torch.load(out / "gated-w32-l1_0.3-s0" / "checkpoints" / "last.pt", weights_only=False)["step"] == 40
     )
     assert ckpt.exists() and not (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").exists()
-    run_cli(*_train_args(synth, out), check=0)
+    # the resume checkpoints on another cadence: bookkeeping, not a different config, and no other result
+    run_cli(*_train_args(synth, out, **{"--checkpoint-every": 30}), check=0)
     for run in ("sa-gsae-w32-l1_0.3-s0", "gated-w32-l1_0.3-s0"):
         a = load_file(str(tmp_path / "ref" / run / "sae_weights.safetensors"))
         b = load_file(str(out / run / "sae_weights.safetensors"))
@@ -87,8 +88,10 @@ def test_sigkill_and_resume_is_bit_identical(synth, tmp_path):
     before = (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns
     run_cli(*_train_args(synth, out), check=0)
     assert (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns == before
-    # ... also when the store is named by another path to the same directory
+    # ... also when the store is named by another path to the same directory, or history rows are
+    # asked for at another interval
     run_cli(*_train_args(f"{synth.parent}/../{synth.parent.name}/{synth.name}", out), check=0)
+    run_cli(*_train_args(synth, out, **{"--log-every": 7}), check=0)
     assert (out / "sa-gsae-w32-l1_0.3-s0" / "sae_weights.safetensors").stat().st_mtime_ns == before
 
 
