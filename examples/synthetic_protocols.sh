@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/METHOD.md §7 Protocols A-C end to end on CPU: 2M tokens per run, at which every run converges
-# (docs/RESULTS.md; measured 2026-12-02: 46 minutes on one core of a 2-core VM). Rerunnable: resumes.
+# (docs/RESULTS.md; measured 2026-12-02: 42-46 minutes per seed on one core of a 2-core VM). Rerunnable: resumes.
 #   A: all axes paired, rho in {-1, -0.5, 0}; B: fraction of paired axes in {0, 0.1, 0.5, 1};
 #   C: widths H = 48 and 2H = 96 on the same data, both architectures.
 set -euo pipefail

@@ -58,6 +58,23 @@ def _width_style(cell: pd.DataFrame, variant: str, width: int) -> str:
     return STYLES[widths.index(width) % len(STYLES)]
 
 
+def _log_l0_axis(ax) -> None:
+    """A log-scale x axis with readable labels: 1-2-5 ticks, or, where the data span less than a
+    factor of 4 (one or no such tick), four ticks spread evenly on the log scale, rounded to 2 digits."""
+    ax.set_xscale("log")
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    lo, hi = ax.get_xlim()
+    if 0 < lo < hi < 4 * lo:
+        ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 6)[1:-1]})
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        ax.xaxis.set_minor_formatter(
+            matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else "")
+        )
+    ax.xaxis.set_major_formatter(fmt)
+
+
 def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None):
     for (variant, width), grp in cell.groupby(["variant", "width"]):
         grp = grp.sort_values("l0")
@@ -68,11 +85,7 @@ def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None)
         )
         if band and (grp.seeds > 1).any():
             ax.fill_between(grp.l0, grp[band[0]], grp[band[1]], color=color, alpha=0.2, lw=0)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(
-        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else "")
-    )
+    _log_l0_axis(ax)
     ax.set_xlabel("L0 (active latents per token, log scale)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

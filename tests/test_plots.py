@@ -120,3 +120,23 @@ def test_ablate_end_to_end_then_plots(tmp_path):
         and "| no-aux@24 |" in table
         and "| hook | variant | width | l1 | seeds |" in table
     )
+
+
+@pytest.mark.parametrize("lo, hi", [(1.8, 2.9), (3.0, 80.0)])
+def test_l0_axis_labels_at_least_three_ticks(lo, hi):
+    """A narrow L0 range (1.8-2.9 holds one 1-2-5 tick) still gets several labelled ticks inside it."""
+    import matplotlib.pyplot as plt
+
+    from sagsae_cli.plots import _log_l0_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [0, 1])
+    _log_l0_axis(ax)
+    fig.canvas.draw()
+    labelled = [
+        t.get_text()
+        for t in ax.get_xticklabels(which="both")
+        if t.get_text() and lo <= float(t.get_text()) <= hi
+    ]
+    plt.close(fig)
+    assert len(labelled) >= 3, labelled
