@@ -223,21 +223,41 @@ def plot_training(run_dirs: list[str], out: str | Path) -> list[Path]:
 
 
 def plot_ablation(results: str | Path, out: str | Path) -> list[Path]:
+    """R² against L0 per ablation (a sparsity coefficient moves both, so the bars of one metric alone
+    hide the trade), then L0 and dead-fraction bars. A variant whose code collapsed (L0 under 0.1)
+    is named in the first panel instead of squashing its axis."""
     from sagsae_cli.evaluate import read_table
 
     t = read_table(results, "ablation")
-    metrics = [("r2", "R²"), ("l0", "L0"), ("dead_frac", "dead fraction")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8))
     order = t.groupby("label")["r2"].mean().sort_values(ascending=False).index
-    for ax, (col, label) in zip(axes, metrics):
-        g = t.groupby("label")[col]
-        mean, lo, hi = g.mean()[order], g.min()[order], g.max()[order]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    g = t.groupby("label")
+    mean, lo, hi = g[["r2", "l0"]].mean(), g[["r2", "l0"]].min(), g[["r2", "l0"]].max()
+    ax, collapsed = axes[0], []
+    narrowest = t["width"].min()  # the ablations' H: wider runs (gated at 2H) get square markers
+    for lbl in order:
+        if mean.l0[lbl] < 0.1:
+            collapsed.append(f"{lbl}: collapsed (R² {mean.r2[lbl]:.3f}, L0 {mean.l0[lbl]:.3f})")
+            continue
+        color = COLORS.get(lbl.split("@")[0], "#999999")
+        ax.errorbar(mean.l0[lbl], mean.r2[lbl], xerr=[[mean.l0[lbl] - lo.l0[lbl]], [hi.l0[lbl] - mean.l0[lbl]]],
+                    yerr=[[mean.r2[lbl] - lo.r2[lbl]], [hi.r2[lbl] - mean.r2[lbl]]], ls="none", color=color,
+                    capsize=3, ms=7, label=lbl, marker="o" if lbl.endswith(f"@{narrowest}") else "s")  # fmt: skip
+    if collapsed:
+        ax.set_title("; ".join(collapsed), fontsize=8)
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("R² (fraction of variance explained)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for ax, (col, label) in zip(axes[1:], [("l0", "L0"), ("dead_frac", "dead fraction")]):
+        gc = g[col]
+        m, lo_c, hi_c = gc.mean()[order], gc.min()[order], gc.max()[order]
         colors = [COLORS.get(lbl.split("@")[0], "#999999") for lbl in order]
-        ax.bar(range(len(order)), mean, color=colors, yerr=[mean - lo, hi - mean], capsize=3)
+        ax.bar(range(len(order)), m, color=colors, yerr=[m - lo_c, hi_c - m], capsize=3)
         ax.set_xticks(range(len(order)), order, rotation=40, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Ablations (bars: seed mean; whiskers: min-max)")
+    fig.suptitle("Ablations (seed means; whiskers: min-max over seeds)")
     return _save(fig, Path(out), "ablation")
 
 
