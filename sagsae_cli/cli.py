@@ -444,7 +444,10 @@ def compare(
     results: str = typer.Option("results", help="Results directory holding the eval table."),
     matched_l0: float = typer.Option(64.0, help="L0 at which dead fractions are compared."),
     a: str = typer.Option("sa-gsae", help="Variant at width H (SA-half)."),
-    b: str = typer.Option("gated", help="Variant at width 2H (Gated-full)."),
+    b: str = typer.Option("gated", help="Variant at width 2H (Gated-full), or at --width-ratio x H."),
+    width_ratio: int = typer.Option(
+        2, help="B's width as a multiple of A's: 2 (the paper's), 1 (equal widths)."
+    ),
 ) -> None:
     """The paper's comparison per cell (A at width H against B at 2H), saved to <results>/compare/.
 
@@ -453,16 +456,18 @@ def compare(
     import pandas as pd
 
     from sagsae_cli.compare import compare as run_compare
+    from sagsae_cli.compare import ratio_label
 
     _check(
         math.isfinite(matched_l0) and matched_l0 > 0, f"--matched-l0 must be positive (got {matched_l0:g})"
     )
+    _check(width_ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {width_ratio})")
     from sagsae_cli.compare import write_compare
     from sagsae_cli.evaluate import read_table
 
-    frame = run_compare(read_table(results), matched_l0=matched_l0, a=a, b=b)
+    frame = run_compare(read_table(results), matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
     path = write_compare(frame, results)
-    table = Table(title=f"{a} at H against {b} at 2H (R² vs L0, seed means)")
+    table = Table(title=f"{a} at H against {b} at {ratio_label(width_ratio)} (R² vs L0, seed means)")
     heads = ["cell", "A vs B", "L0 overlap", "A dominates", "worst gap", "max |gap|", f"dead cut @L0={matched_l0:g}",
              "dead ratio (geomean)"]  # fmt: skip
     for h in heads:
@@ -482,10 +487,10 @@ def compare(
             + ": choose an L0 inside it for the dead cut"
         )
     console.print(f"saved {path}")
-    _print_convergence(results, matched_l0, a, b)
+    _print_convergence(results, matched_l0, a, b, width_ratio)
 
 
-def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
+def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: int = 2) -> None:
     """Tokens to converge per run and the gap per snapshot, when `eval --checkpoints` has run."""
     from pathlib import Path
 
@@ -513,7 +518,7 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str) -> None:
                       f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
     try:
-        gaps = gap_by_tokens(snaps, last, matched_l0=matched_l0, a=a, b=b)
+        gaps = gap_by_tokens(snaps, last, matched_l0=matched_l0, a=a, b=b, ratio=ratio)
     except SagsaeError:
         return
     write_compare(gaps, results, "gap_by_tokens")

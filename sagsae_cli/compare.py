@@ -1,5 +1,6 @@
 """The paper's comparison per cell (model x hookpoint): SA-half (SA-GSAE at width H) against
-Gated-full (the Gated SAE at 2H), from the eval table (docs/METHOD.md §6).
+Gated-full (the Gated SAE at 2H), from the eval table (docs/METHOD.md §6); any two variants and any
+width ratio (1: equal widths) the same way.
 
 Points are averaged over seeds per (variant, width, coefficient); frontiers are compared with the
 Pareto verdict over their L0 overlap, and dead fractions at a matched L0 and as a sweep geomean.
@@ -47,27 +48,33 @@ def _one_run_per_seed(table: pd.DataFrame) -> None:
         )
 
 
+def ratio_label(ratio: int) -> str:
+    """B's width in words: 2H, or H for equal widths."""
+    return "H" if ratio == 1 else f"{ratio}H"
+
+
 def compare(
-    table: pd.DataFrame, matched_l0: float = 64.0, a: str = "sa-gsae", b: str = "gated"
+    table: pd.DataFrame, matched_l0: float = 64.0, a: str = "sa-gsae", b: str = "gated", ratio: int = 2
 ) -> pd.DataFrame:
-    """One row per (cell, H) where variant ``a`` at width H and ``b`` at 2H both exist."""
+    """One row per (cell, H) where variant ``a`` at width H and ``b`` at ``ratio`` x H both exist (the
+    paper's comparison: ratio 2; ratio 1 compares equal widths)."""
     points = seed_means(table)
     rows = []
     for (model, hook), cell in points.groupby(["model", "hook"], dropna=False):
         for width in sorted(cell.loc[cell.variant == a, "width"].unique()):
             fa = cell[(cell.variant == a) & (cell.width == width)]
-            fb = cell[(cell.variant == b) & (cell.width == 2 * width)]
+            fb = cell[(cell.variant == b) & (cell.width == ratio * width)]
             if fb.empty:
                 continue
             verdict = pareto_verdict(fa.l0.tolist(), fa.r2.tolist(), fb.l0.tolist(), fb.r2.tolist())
             dead = dead_reduction(fa.l0.tolist(), fa.dead_frac.tolist(), width, fb.l0.tolist(),
-                                  fb.dead_frac.tolist(), 2 * width, matched_l0=matched_l0)  # fmt: skip
-            rows.append({"model": model, "hook": hook, "a": f"{a}@{width}", "b": f"{b}@{2 * width}",
+                                  fb.dead_frac.tolist(), ratio * width, matched_l0=matched_l0)  # fmt: skip
+            rows.append({"model": model, "hook": hook, "a": f"{a}@{width}", "b": f"{b}@{ratio * width}",
                          "points_a": len(fa), "points_b": len(fb), **verdict, **dead,
                          "matched_l0": matched_l0})  # fmt: skip
     if not rows:
         raise SagsaeError(
-            f"no cell has both {a} at width H and {b} at 2H in the eval table: train both first"
+            f"no cell has both {a} at width H and {b} at {ratio_label(ratio)} in the eval table: train both first"
         )
     return pd.DataFrame(rows)
 
@@ -112,18 +119,20 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
 
 
 def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, matched_l0: float = 64.0,
-                  a: str = "sa-gsae", b: str = "gated") -> pd.DataFrame:  # fmt: skip
+                  a: str = "sa-gsae", b: str = "gated", ratio: int = 2) -> pd.DataFrame:  # fmt: skip
     """The comparison of ``compare`` at every token count where both sides have a snapshot (runs of one
     cell trained with the same --tokens, --batch and --snapshots share them)."""
     frames = []
     for tokens, at in _history(checkpoints, final).groupby("tokens"):
         try:
-            frames.append(compare(at, matched_l0=matched_l0, a=a, b=b).assign(tokens=int(tokens)))
+            frames.append(
+                compare(at, matched_l0=matched_l0, a=a, b=b, ratio=ratio).assign(tokens=int(tokens))
+            )
         except SagsaeError:
             continue  # one side has no snapshot at this token count
     if not frames:
         raise SagsaeError(
-            f"no token count has snapshots of both {a} at H and {b} at 2H: train both with --snapshots"
+            f"no token count has snapshots of both {a} at H and {b} at {ratio_label(ratio)}: train both with --snapshots"
         )
     return pd.concat(frames, ignore_index=True)
 

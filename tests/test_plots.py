@@ -70,6 +70,29 @@ def test_compare_reports_convergence(results):
     assert sorted(set(gaps.tokens)) == [100, 200, 300]
 
 
+def test_compare_at_another_width_ratio(results):
+    """--width-ratio 1 pairs A@H with B@H; the default 2 keeps the paper's B@2H."""
+    from sagsae_cli.compare import compare
+
+    rows = []
+    for variant, width, shift in (("sa-gsae", 8, 0.0), ("gated", 8, -0.01), ("gated", 16, 0.03)):
+        for l1, l0 in ((0.1, 40.0), (0.2, 20.0), (0.4, 10.0)):
+            rows.append(dict(model="m", hook="h", variant=variant, width=width, l1=l1, target_l0=0.0, k=0, seed=0,
+                             l0=l0, r2=0.9 - l1 / 4 + shift, dead_frac=0.0, bipolar_frac=0.0,
+                             run_dir=f"/r/{variant}-{width}-{l1}"))  # fmt: skip
+    table = pd.DataFrame(rows)
+    same = compare(table, ratio=1).iloc[0]
+    assert (same.a, same.b, bool(same.dominates)) == ("sa-gsae@8", "gated@8", True)
+    assert same.max_abs_gap == pytest.approx(0.01)
+    paper = compare(table).iloc[0]
+    assert (paper.b, bool(paper.dominates), paper.worst_gap) == ("gated@16", False, pytest.approx(-0.03))
+    # the fixture has no gated at H: one line, exit 2
+    p = run_cli("compare", "--results", results, "--width-ratio", 1, check=2)
+    assert "sa-gsae at width H and gated at H" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("compare", "--results", results, "--width-ratio", 0, check=2)
+    assert "--width-ratio must be a whole number >= 1" in p.stderr
+
+
 def test_unknown_plot_and_empty_table(results, tmp_path):
     from sagsae_cli.cli import PLOT_NAMES
     from sagsae_cli.plots import PLOTS
