@@ -44,11 +44,16 @@ def gate_fn(t: int, n: int, untied: bool, split: bool, two_sided: bool, theta: b
     need = (True, True, theta, split, True, True, untied, untied, False)
     one = torch.tensor(1.0)
 
-    def run():
-        f, s, _, kp, kn, ep, en = gating._forward(*args, two_sided)
-        gating._backward(g_f, g_s, one, u, s, kp, kn, ep, en, two_sided, need)
+    def run(block):
+        gating.BLOCK = block
+        f, s, _, kp, kn, ep, en = gating.forward_blocks(*args, two_sided)
+        gating.backward_blocks(g_f, g_s, one, u, s, kp, kn, ep, en, two_sided, need)
 
     return run
+
+
+def block_size(text: str) -> int | None:
+    return None if text == "none" else int(text)
 
 
 def main() -> None:
@@ -56,15 +61,25 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=4608)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--block",
+        default=f"none,{gating.BLOCK}",
+        help="comma-separated elements per row block (gating.BLOCK), 'none' = whole arrays; timed in turns",
+    )
     a = ap.parse_args()
+    blocks = [block_size(b) for b in a.block.split(",")]
+    default = gating.BLOCK
     reuse_large_blocks()
     x, y = torch.randn(a.batch, a.width), torch.randn(a.batch, a.width)
     print(f"batch={a.batch} width={a.width} fp32, {torch.get_num_threads()} threads, best of {a.repeats}")
-    print(f"{'architecture':16s} {'ms':>8s} {'pass ms':>8s} {'x pass':>7s}")
+    names = "".join(f" {'block ' + str(b):>13s}" for b in blocks)
+    print(f"{'architecture':16s} {'pass ms':>8s}{names}   (x pass)")
     for name, case in CASES.items():
-        one_pass, t = best_times([lambda: x + y, gate_fn(a.batch, a.width, *case)], a.repeats)
-        print(f"{name:16s} {t * 1e3:8.1f} {one_pass * 1e3:8.1f} {t / one_pass:7.1f}")
-    print("x pass: the gate code's forward + backward in units of one elementwise pass (x + y)")
+        run = gate_fn(a.batch, a.width, *case)
+        one_pass, *ts = best_times([lambda: x + y] + [lambda b=b, run=run: run(b) for b in blocks], a.repeats)
+        print(f"{name:16s} {one_pass * 1e3:8.1f}" + "".join(f" {t / one_pass:13.1f}" for t in ts))
+    gating.BLOCK = default
+    print("each column: the gate code's forward + backward in units of one elementwise pass (x + y)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """One training step (forward, backward, Adam, decoder constraint) of every architecture, against
 the bare matmul floor (the same GEMMs timed alone), each step timed in turns with its floor.
 ``--optimizers`` also times each step with PyTorch's per-tensor Adam loop instead of the trainer's
-fused Adam, in the same turns.
+fused Adam, in the same turns; ``--whole-arrays`` each Gated-family step with the gate code over whole
+arrays instead of row blocks (``gating.BLOCK``; blocks apply with one thread only).
 
 The process reuses freed large blocks (``sagsae_cli.allocator``, as `sagsae` does); unless
 ``--no-system`` it then runs itself again with glibc's default allocator (``SAGSAE_MALLOC=system``)
@@ -54,6 +55,22 @@ def compiled(step):
     return run
 
 
+def whole_arrays(step):
+    """The step with the gate code over whole (tokens x latents) arrays instead of row blocks."""
+
+    def run():
+        block, gating.BLOCK = gating.BLOCK, None
+        try:
+            step()
+        finally:
+            gating.BLOCK = block
+
+    return run
+
+
+WHOLE = " (whole arrays)"
+
+
 def adam_steps(d: int, width: int):
     """The optimiser step alone on an SA-GSAE's parameters (fixed gradients): the trainer's fused
     Adam and PyTorch's per-tensor loop."""
@@ -77,6 +94,11 @@ def main() -> None:
     ap.add_argument(
         "--optimizers", action="store_true", help="also time each step with PyTorch's per-tensor Adam loop"
     )
+    ap.add_argument(
+        "--whole-arrays",
+        action="store_true",
+        help="also time each Gated-family step with the gate code over whole arrays (gating.BLOCK = None)",
+    )
     ap.add_argument("--no-system", action="store_true", help="skip the run with glibc's default allocator")
     a = ap.parse_args()
     try:
@@ -97,6 +119,8 @@ def main() -> None:
             fns[name + LOOP] = sae_step_fn(name, a.d, a.width, a.batch, fused=False)
         if a.compile and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
             fns[f"{name} (compiled)"] = compiled(sae_step_fn(name, a.d, a.width, a.batch))
+        if a.whole_arrays and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
+            fns[name + WHOLE] = whole_arrays(sae_step_fn(name, a.d, a.width, a.batch))
         floor, *steps = best_times([gemm_floor(a.d, a.width, a.batch, aux), *fns.values()], a.repeats)
         for label, t in zip(fns, steps):
             times[label] = t
@@ -110,6 +134,11 @@ def main() -> None:
         if label.endswith(LOOP):
             name = label.removesuffix(LOOP)
             print(f"{name}: step with fused Adam / with the loop: {times[name] / t:.2f}x")
+        if label.endswith(WHOLE):
+            name = label.removesuffix(WHOLE)
+            print(
+                f"{name}: step with the gate code in row blocks / over whole arrays: {times[name] / t:.2f}x"
+            )
     print("floor: 5 GEMMs (7 with the aux decode for the Gated family), timed in turns with each step")
     if reuse and not a.no_system:
         print("\nthe same with glibc's default allocator (a fresh mmap per large array):", flush=True)

@@ -462,11 +462,11 @@ def compare(
         math.isfinite(matched_l0) and matched_l0 > 0, f"--matched-l0 must be positive (got {matched_l0:g})"
     )
     _check(width_ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {width_ratio})")
-    from sagsae_cli.compare import write_compare
+    from sagsae_cli.compare import PAIR_KEYS, write_compare
     from sagsae_cli.evaluate import read_table
 
     frame = run_compare(read_table(results), matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
-    path = write_compare(frame, results)
+    path = write_compare(frame, results, keep=PAIR_KEYS)
     table = Table(title=f"{a} at H against {b} at {ratio_label(width_ratio)} (R² vs L0, seed means)")
     heads = ["cell", "A vs B", "L0 overlap", "A dominates", "worst gap", "max |gap|", f"dead cut @L0={matched_l0:g}",
              "dead ratio (geomean)"]  # fmt: skip
@@ -494,7 +494,7 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: i
     """Tokens to converge per run and the gap per snapshot, when `eval --checkpoints` has run."""
     from pathlib import Path
 
-    from sagsae_cli.compare import convergence, gap_by_tokens, write_compare
+    from sagsae_cli.compare import PAIR_KEYS, convergence, gap_by_tokens, write_compare
     from sagsae_cli.evaluate import read_table
 
     if not any((Path(results) / "checkpoints").glob("*.parquet")):
@@ -521,7 +521,7 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: i
         gaps = gap_by_tokens(snaps, last, matched_l0=matched_l0, a=a, b=b, ratio=ratio)
     except SagsaeError:
         return
-    write_compare(gaps, results, "gap_by_tokens")
+    write_compare(gaps, results, "gap_by_tokens", keep=PAIR_KEYS)
     for (model, hook), g in gaps.groupby(["model", "hook"]):
         trail = ", ".join(f"{t:,}: {w:+.3f}" for t, w in zip(g.tokens, g.worst_gap))
         console.print(f"worst gap by tokens, {model} {hook}: {trail}")

@@ -137,9 +137,28 @@ def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, 
     return pd.concat(frames, ignore_index=True)
 
 
-def write_compare(frame: pd.DataFrame, results: str | Path, name: str = "compare") -> Path:
+PAIR_KEYS = ["model", "hook", "a", "b"]
+
+
+def write_compare(
+    frame: pd.DataFrame, results: str | Path, name: str = "compare", keep: list | None = None
+) -> Path:
+    """Write ``results/compare/<name>.parquet``. With ``keep`` (key columns), the rows of an existing table
+    whose key ``frame`` does not have stay: comparisons of other pairs (``compare --b one-sided`` after
+    ``--b gated``) accumulate in one table, and comparing a pair again replaces its rows."""
     out = Path(results) / "compare"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.parquet"
+    if keep and path.exists():
+        try:
+            old = pd.read_parquet(path)
+        except Exception as e:
+            raise SagsaeError(
+                f"{path} is not a readable table ({type(e).__name__}): move it away and rerun to write a new one"
+            ) from None
+        if set(keep) <= set(old.columns):
+            new_keys = set(frame[keep].astype(str).itertuples(index=False, name=None))
+            stays = [k not in new_keys for k in old[keep].astype(str).itertuples(index=False, name=None)]
+            frame = pd.concat([old[stays], frame], ignore_index=True)
     atomic_write(path, lambda p: frame.to_parquet(p, index=False), flag="--results")
     return path

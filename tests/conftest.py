@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread per test process, and per CLI the tests start (OMP_NUM_THREADS is inherited): pytest runs
+# two workers (pyproject: -n 2), one per core of the 2-core VM, and two threads per worker would
+# oversubscribe them; on a machine busy with other work a thread per op's parallel region that waits
+# for a descheduled sibling made single tests 10x slower.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def run_cli(*args, check=None, timeout=600, preexec_fn=None):

@@ -93,6 +93,26 @@ def test_compare_at_another_width_ratio(results):
     assert "--width-ratio must be a whole number >= 1" in p.stderr
 
 
+def test_compare_tables_keep_every_pair(tmp_path):
+    """Comparing another pair adds its rows to results/compare/compare.parquet; comparing a pair again
+    replaces its rows; a damaged table is one line and stays as it was."""
+    from sagsae_cli.compare import PAIR_KEYS, write_compare
+    from sagsae_cli.errors import SagsaeError
+
+    def row(b, gap):
+        return pd.DataFrame([dict(model="m", hook="h", a="sa-gsae@8", b=b, worst_gap=gap)])
+
+    path = write_compare(row("gated@16", -0.03), tmp_path, keep=PAIR_KEYS)
+    write_compare(row("gated@8", 0.01), tmp_path, keep=PAIR_KEYS)
+    write_compare(row("gated@16", -0.02), tmp_path, keep=PAIR_KEYS)
+    table = pd.read_parquet(path)
+    assert sorted(zip(table.b, table.worst_gap)) == [("gated@16", -0.02), ("gated@8", 0.01)]
+    path.write_bytes(b"not parquet")
+    with pytest.raises(SagsaeError, match="not a readable table"):
+        write_compare(row("gated@8", 0.0), tmp_path, keep=PAIR_KEYS)
+    assert path.read_bytes() == b"not parquet"
+
+
 def test_unknown_plot_and_empty_table(results, tmp_path):
     from sagsae_cli.cli import PLOT_NAMES
     from sagsae_cli.plots import PLOTS

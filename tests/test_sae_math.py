@@ -313,6 +313,80 @@ def test_fused_kernel_matches_the_literal_formulas(name, compiled):
         check_against_literal_formulas(name)
 
 
+def losses_and_grads(sae, x):
+    out = sae(x)
+    result = {"f": out.f.detach().clone()}
+    for term, loss in out.losses.items():
+        sae.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        result[term] = loss.detach().clone()
+        result.update(
+            {f"{term}/{n}": p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+        )
+    return result
+
+
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied", "one-sided", "sa-gsae-split", "gated"])
+def test_gate_code_in_row_blocks(name, monkeypatch):
+    """On one CPU thread the gate code runs over row blocks (gating.BLOCK): forward values and every
+    gradient, summed over blocks, equal autograd through the paper's formulas (SA-GSAE family) and the
+    gate code over whole arrays (all)."""
+    from sagsae_cli.sae import gating
+
+    sae, x = make(name).double(), x_batch(128).double()
+    monkeypatch.setattr(gating, "BLOCK", None)
+    whole = losses_and_grads(sae, x)
+    monkeypatch.setattr(gating, "BLOCK", 3 * N)  # 3 rows of 20 latents: 43 blocks of a 128-token batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert len(gating._blocks(torch.zeros(128, N))) == 43
+        blocked = losses_and_grads(sae, x)
+        if name != "gated":
+            check_against_literal_formulas(name)
+    finally:
+        torch.set_num_threads(threads)
+    assert whole.keys() == blocked.keys() and len(whole) > 10
+    for key, value in whole.items():
+        assert torch.allclose(blocked[key], value, atol=1e-12, rtol=1e-10), key
+    torch.set_num_threads(2)
+    try:  # several threads: whole arrays
+        assert gating._blocks(torch.zeros(128, N)) == [slice(None)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gate_code_in_row_blocks_keeps_the_dtypes_of_a_bf16_input(monkeypatch):
+    """A bfloat16 u (autocast) with float32 parameters: the blocks' results take the whole-array
+    code's dtypes (float32 f, s and gradients) and values."""
+    from sagsae_cli.sae import gating
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(64, N, generator=g).bfloat16()
+    vec = [(0.3 * torch.randn(N, generator=g)).requires_grad_(True) for _ in range(5)]
+    theta = torch.full((N,), 0.4)
+
+    def run(block):
+        monkeypatch.setattr(gating, "BLOCK", block)
+        u_ = u.clone().requires_grad_(True)
+        f, s, l1 = gating.gate_code(u_, vec[0], theta, vec[1], vec[2], vec[3], vec[4])
+        for v in vec:
+            v.grad = None
+        (f.square().sum() + s.sum() + l1).backward()
+        return [f, s, l1, u_.grad, *(v.grad for v in vec)]
+
+    whole = run(None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        blocked = run(2 * N)
+    finally:
+        torch.set_num_threads(threads)
+    assert whole[0].dtype == whole[1].dtype == torch.float32 and whole[3].dtype == torch.bfloat16
+    for a, b in zip(whole, blocked):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+
+
 def check_against_literal_formulas(name):
     sae = make(name).double()
     x = x_batch(128).double()

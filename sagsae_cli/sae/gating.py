@@ -25,63 +25,52 @@ import torch
 from sagsae_cli.sae.base import SAE, Output
 
 
-def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided: bool):
-    """(f, s, l1, keep+, keep-, exp(r+), exp(r-)): the module docstring's forward, as pure tensor code
-    (torch.compile can fuse it; ``use_compiled``). Masks select by multiplication (on CPU ``torch.where``
-    takes about three times as long), and the tied mask is 0/1 in u's dtype, so no cast is made."""
-    pi = u + b_gate  # a new array, then worked on in place (pi becomes s, m+ becomes f)
+def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided: bool, out=None):
+    """(f, s, |s| per row, keep+, keep-, exp(r+), exp(r-)): the module docstring's forward, as pure tensor
+    code (torch.compile can fuse it; ``use_compiled``), written into ``out`` = (s, f, keep+, keep-) when
+    given (row blocks of whole-batch arrays, ``_blocks``). Masks select by multiplication (on CPU
+    ``torch.where`` takes about three times as long), and the masks are 0/1 in u's dtype, so no cast is
+    made."""
+    o_s, o_f, o_kp, o_kn = out if out is not None else (None,) * 4
+    pi = torch.add(u, b_gate, out=o_s) if o_s is not None else u + b_gate  # worked on in place: pi -> s
     if two_sided:
         s = pi.sub_(torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta))
     else:  # theta None: the Gated SAE's ReLU(pi)
         s = (pi if theta is None else pi.sub_(theta)).clamp_min_(0.0)
     e_pos = r_pos.exp()
-    m_pos = torch.addcmul(b_pos, u, e_pos)
+    m_pos = torch.addcmul(b_pos, u, e_pos, out=o_f) if o_f is not None else torch.addcmul(b_pos, u, e_pos)
     if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
-        keep_pos = (s * m_pos).gt_(0)
-        f = m_pos.mul_(keep_pos)
+        keep_pos = (torch.mul(s, m_pos, out=o_kp) if o_kp is not None else s * m_pos).gt_(0)
+        f = m_pos.mul_(keep_pos)  # m+ -> f in place
         keep_neg = e_neg = None
     else:
         e_neg = r_neg.exp()
         m_neg = torch.addcmul(b_neg, u, e_neg)
         # [s > 0 and m+ > 0] as ReLU(s) m+ > 0, a 0/1 mask in u's dtype: a bool mask would be cast at
         # every product with it, which on CPU runs unvectorised (the untied step: 808 -> 565 ms)
-        keep_pos = s.clamp(min=0.0).mul_(m_pos).gt_(0)
-        keep_neg = s.clamp(max=0.0).mul_(m_neg).gt_(0)
+        pos = torch.clamp(s, min=0.0, out=o_kp) if o_kp is not None else s.clamp(min=0.0)
+        neg = torch.clamp(s, max=0.0, out=o_kn) if o_kn is not None else s.clamp(max=0.0)
+        keep_pos, keep_neg = pos.mul_(m_pos).gt_(0), neg.mul_(m_neg).gt_(0)
         f = m_pos.mul_(keep_pos).add_(m_neg.mul_(keep_neg))
-    # per token, then summed: one float32 accumulator over all tokens x latents drifts (torch 2.13 on
-    # CPU: -0.55% at 4,096 x 4,608), while a row of latents is short enough to stay exact to ~1e-7
-    l1 = torch.linalg.vector_norm(s, 1, dim=-1).sum() / max(u.shape[0], 1)
-    return f, s, l1, keep_pos, keep_neg, e_pos, e_neg
+    # per row, summed by the caller over the whole batch: one float32 accumulator over all tokens x
+    # latents drifts (torch 2.13 on CPU: -0.55% at 4,096 x 4,608), a row of latents stays exact to ~1e-7
+    return f, s, torch.linalg.vector_norm(s, 1, dim=-1), keep_pos, keep_neg, e_pos, e_neg
 
 
-def _backward(g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bool, need: tuple):
-    """The gradients of ``_forward``'s (f, s, l1) with respect to its inputs (None where not needed).
-    The gate passes no gradient to b_gate or theta through f; s passes its own where it is open, and
-    l1 its sign."""
+def _backward(g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bool, need: tuple, out=None):
+    """The gradients of ``_forward``'s (f, s, l1) with respect to its inputs (None where not needed), with
+    c = dL/dl1 / tokens, g_u written into ``out`` when given. The gate passes no gradient to b_gate or
+    theta through f; s passes its own where it is open, and l1 its sign."""
     sign = torch.sign(s)  # 0 where the gate is closed, so sign^2 is the open mask
-    c = g_l1 / max(u.shape[0], 1) if g_l1 is not None else torch.zeros((), dtype=s.dtype, device=s.device)
     # g_pi = g_s [s != 0] + c sign(s), as (g_s sign + c) sign: exact, three passes, one new array;
     # one-sided, sign is the 0/1 open mask: (g_s + c) sign, two passes
     if g_s is None:
-        g_pi = c * sign
+        g_pi = torch.mul(sign, c, out=out) if out is not None else sign * c
     elif two_sided:
-        g_pi = (g_s * sign).add_(c).mul_(sign)
+        g_pi = (torch.mul(g_s, sign, out=out) if out is not None else g_s * sign).add_(c).mul_(sign)
     else:
-        g_pi = g_s.add(c).mul_(sign)
+        g_pi = (torch.add(g_s, c, out=out) if out is not None else g_s + c).mul_(sign)
     grads = [None] * 9
-    g_u = g_pi
-    if g_f is not None:
-        for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
-            if keep is None:
-                continue
-            g_m = g_f * keep
-            if need[0]:
-                g_u = torch.addcmul(g_u, g_m, e)
-            if need[i]:
-                grads[i] = (g_m * u).sum(0) * e
-            if need[i + 1]:
-                grads[i + 1] = g_m.sum(0)
-    grads[0] = g_u if need[0] else None
     if need[1]:
         grads[1] = g_pi.sum(0)
     if need[3]:  # split: ds/dtheta+ = -1 where s > 0, ds/dtheta- = +1 where s < 0 (float masks from sign)
@@ -89,6 +78,97 @@ def _backward(g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided:
         grads[3] = -(g_pi * sign.clamp(max=0.0)).sum(0)
     elif need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
         grads[2] = -(g_pi * sign).sum(0) if two_sided else -g_pi.sum(0)
+    g_u = g_pi  # the gradients through f are added in place: g_pi's own sums are taken
+    if g_f is not None:
+        for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
+            if keep is None:
+                continue
+            g_m = g_f * keep
+            if need[0]:
+                g_u.addcmul_(g_m, e)
+            if need[i]:
+                grads[i] = (g_m * u).sum(0) * e
+            if need[i + 1]:
+                grads[i + 1] = g_m.sum(0)
+    grads[0] = g_u if need[0] else None
+    return tuple(grads)
+
+
+BLOCK = 1 << 19
+"""Elements per row block of the gate code on CPU with one thread (2 MiB per float32 array): its ~20
+elementwise passes over a block then run in cache instead of streaming whole (tokens x latents) arrays
+through memory: at width 4,608, batch 4,096 the gate code takes 9-14 passes' time instead of 17-28
+(``benchmarks/gate_bench.py --block``; docs/METHOD.md). None: whole arrays. With several threads the
+arrays stay whole: every op over a block is a parallel region of its own, and on a machine where
+another process holds a core the threads then wait on each other at each of them (measured: the gate
+code 2-20x slower than whole arrays). On CUDA a launch per block would cost more than it saves."""
+
+
+def _blocks(u: torch.Tensor) -> list[slice]:
+    """Row slices of u over which the gate code runs: one unless u is a CPU matrix of more than two
+    blocks' worth of elements and torch runs one thread."""
+    if (
+        BLOCK is None
+        or u.dim() != 2
+        or u.device.type != "cpu"
+        or u.numel() <= 2 * BLOCK
+        or torch.get_num_threads() != 1
+    ):
+        return [slice(None)]
+    rows = max(1, BLOCK // u.shape[1])
+    return [slice(i, i + rows) for i in range(0, u.shape[0], rows)]
+
+
+def _add(acc, g):
+    return g if acc is None else acc.add_(g) if g is not None else acc
+
+
+def forward_blocks(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided: bool):
+    """``_forward`` over u's row blocks into whole-batch arrays: (f, s, l1, keep+, keep-, exp(r+), exp(r-))."""
+    blocks = _blocks(u)
+    if len(blocks) == 1 or _impl["forward"] is not _forward:  # compiled: one fused kernel, no blocks
+        f, s, rows, *rest = _impl["forward"](
+            u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided
+        )
+        return (f, s, rows.sum() / max(u.shape[0], 1), *rest)
+    # the dtype the whole-array code's results take (u + b_gate: float32 for a bf16 u under autocast)
+    dtype = torch.promote_types(u.dtype, b_gate.dtype)
+    s, f, kp = (torch.empty(u.shape, dtype=dtype, device=u.device) for _ in range(3))
+    kn = torch.empty_like(s) if r_neg is not None else None
+    rows = s.new_empty(u.shape[0])
+    for b in blocks:
+        out = (s[b], f[b], kp[b], kn[b] if kn is not None else None)
+        _, _, rows[b], _, _, e_pos, e_neg = _forward(
+            u[b], b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided, out
+        )
+    return f, s, rows.sum() / u.shape[0], kp, kn, e_pos, e_neg
+
+
+def backward_blocks(g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bool, need: tuple):
+    """``_backward`` over u's row blocks: the vector gradients summed over blocks, g_u whole."""
+    c = g_l1 / max(u.shape[0], 1) if g_l1 is not None else torch.zeros((), dtype=s.dtype, device=s.device)
+    blocks = _blocks(u)
+    if len(blocks) == 1 or _impl["backward"] is not _backward:
+        return _impl["backward"](g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided, need)
+    g_u = torch.empty_like(s)  # s's dtype, as the whole-array code's g_pi
+    grads = [None] * 9
+    for b in blocks:
+        part = _backward(
+            None if g_f is None else g_f[b],
+            None if g_s is None else g_s[b],
+            c,
+            u[b],
+            s[b],
+            keep_pos[b],
+            None if keep_neg is None else keep_neg[b],
+            e_pos,
+            e_neg,
+            two_sided,
+            need,
+            out=g_u[b],
+        )
+        grads[1:] = [_add(a, g) for a, g in zip(grads[1:], part[1:])]  # part[0]: g_u's block, written
+    grads[0] = g_u if need[0] else None
     return tuple(grads)
 
 
@@ -124,7 +204,7 @@ def compiled(enable: bool = True):
 class _GateCode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided):
-        f, s, l1, keep_pos, keep_neg, e_pos, e_neg = _impl["forward"](
+        f, s, l1, keep_pos, keep_neg, e_pos, e_neg = forward_blocks(
             u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided
         )
         ctx.save_for_backward(u, s, keep_pos, keep_neg, e_pos, e_neg)
@@ -134,7 +214,7 @@ class _GateCode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_f, g_s, g_l1):
         u, s, keep_pos, keep_neg, e_pos, e_neg = ctx.saved_tensors
-        return _impl["backward"](
+        return backward_blocks(
             g_f, g_s, g_l1, u, s, keep_pos, keep_neg, e_pos, e_neg, ctx.two_sided, tuple(ctx.needs_input_grad)
         )
 
