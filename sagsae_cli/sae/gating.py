@@ -31,16 +31,16 @@ def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided:
     given (row blocks of whole-batch arrays, ``_blocks``). Masks select by multiplication (on CPU
     ``torch.where`` takes about three times as long), and the masks are 0/1 in u's dtype, so no cast is
     made."""
-    o_s, o_f, o_kp, o_kn = out if out is not None else (None,) * 4
-    pi = torch.add(u, b_gate, out=o_s) if o_s is not None else u + b_gate  # worked on in place: pi -> s
+    o_s, o_f, o_kp, o_kn = out if out is not None else (None,) * 4  # out=None: new arrays
+    pi = torch.add(u, b_gate, out=o_s)  # a new array (out=None) or o_s, worked on in place: pi -> s
     if two_sided:
         s = pi.sub_(torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta))
     else:  # theta None: the Gated SAE's ReLU(pi)
         s = (pi if theta is None else pi.sub_(theta)).clamp_min_(0.0)
     e_pos = r_pos.exp()
-    m_pos = torch.addcmul(b_pos, u, e_pos, out=o_f) if o_f is not None else torch.addcmul(b_pos, u, e_pos)
+    m_pos = torch.addcmul(b_pos, u, e_pos, out=o_f)
     if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
-        keep_pos = (torch.mul(s, m_pos, out=o_kp) if o_kp is not None else s * m_pos).gt_(0)
+        keep_pos = torch.mul(s, m_pos, out=o_kp).gt_(0)
         f = m_pos.mul_(keep_pos)  # m+ -> f in place
         keep_neg = e_neg = None
     else:
@@ -48,9 +48,8 @@ def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided:
         m_neg = torch.addcmul(b_neg, u, e_neg)
         # [s > 0 and m+ > 0] as ReLU(s) m+ > 0, a 0/1 mask in u's dtype: a bool mask would be cast at
         # every product with it, which on CPU runs unvectorised (the untied step: 808 -> 565 ms)
-        pos = torch.clamp(s, min=0.0, out=o_kp) if o_kp is not None else s.clamp(min=0.0)
-        neg = torch.clamp(s, max=0.0, out=o_kn) if o_kn is not None else s.clamp(max=0.0)
-        keep_pos, keep_neg = pos.mul_(m_pos).gt_(0), neg.mul_(m_neg).gt_(0)
+        keep_pos = torch.clamp(s, min=0.0, out=o_kp).mul_(m_pos).gt_(0)
+        keep_neg = torch.clamp(s, max=0.0, out=o_kn).mul_(m_neg).gt_(0)
         f = m_pos.mul_(keep_pos).add_(m_neg.mul_(keep_neg))
     # per row, summed by the caller over the whole batch: one float32 accumulator over all tokens x
     # latents drifts (torch 2.13 on CPU: -0.55% at 4,096 x 4,608), a row of latents stays exact to ~1e-7
@@ -65,11 +64,11 @@ def _backward(g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bo
     # g_pi = g_s [s != 0] + c sign(s), as (g_s sign + c) sign: exact, three passes, one new array;
     # one-sided, sign is the 0/1 open mask: (g_s + c) sign, two passes
     if g_s is None:
-        g_pi = torch.mul(sign, c, out=out) if out is not None else sign * c
+        g_pi = torch.mul(sign, c, out=out)
     elif two_sided:
-        g_pi = (torch.mul(g_s, sign, out=out) if out is not None else g_s * sign).add_(c).mul_(sign)
+        g_pi = torch.mul(g_s, sign, out=out).add_(c).mul_(sign)
     else:
-        g_pi = (torch.add(g_s, c, out=out) if out is not None else g_s + c).mul_(sign)
+        g_pi = torch.add(g_s, c, out=out).mul_(sign)
     grads = [None] * 9
     if need[1]:
         grads[1] = g_pi.sum(0)
@@ -98,10 +97,10 @@ BLOCK = 1 << 19
 """Elements per row block of the gate code on CPU with one thread (2 MiB per float32 array): its ~20
 elementwise passes over a block then run in cache instead of streaming whole (tokens x latents) arrays
 through memory: at width 4,608, batch 4,096 the gate code takes 9-14 passes' time instead of 17-28
-(``benchmarks/gate_bench.py --block``; docs/METHOD.md). None: whole arrays. With several threads the
+(``benchmarks/gate_bench.py --block``; docs/ARCHITECTURE.md). None: whole arrays. With several threads the
 arrays stay whole: every op over a block is a parallel region of its own, and on a machine where
 another process holds a core the threads then wait on each other at each of them (measured: the gate
-code 2-20x slower than whole arrays). On CUDA a launch per block would cost more than it saves."""
+code took 18-600 passes' time instead of ~15). On CUDA a launch per block would cost more than it saves."""
 
 
 def _blocks(u: torch.Tensor) -> list[slice]:
