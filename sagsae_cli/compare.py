@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.files import atomic_write
+from sagsae_cli.files import atomic_write, read_parquet
 from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_on_frontier, tokens_to_converge
 
 POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
@@ -150,12 +150,7 @@ def write_compare(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.parquet"
     if keep and path.exists():
-        try:
-            old = pd.read_parquet(path)
-        except Exception as e:
-            raise SagsaeError(
-                f"{path} is not a readable table ({type(e).__name__}): move it away and rerun to write a new one"
-            ) from None
+        old = read_parquet(path)
         if set(keep) <= set(old.columns):
             new_keys = set(frame[keep].astype(str).itertuples(index=False, name=None))
             stays = [k not in new_keys for k in old[keep].astype(str).itertuples(index=False, name=None)]

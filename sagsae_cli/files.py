@@ -26,6 +26,16 @@ def read_json(path: Path, fix: str) -> dict:
     return value
 
 
+def read_parquet(path: Path, fix: str = "move it away and rerun to write a new one"):
+    """A results table we wrote earlier and are about to extend; a damaged one is one line saying ``fix``."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:
+        raise SagsaeError(f"{path} is not a readable table ({type(e).__name__}): {fix}") from None
+
+
 def train_cfg(run_dir: Path) -> dict:
     return read_json(Path(run_dir) / TRAIN_CFG, "retrain the run with `sagsae train ... --force`")
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -110,6 +111,46 @@ def test_compare_tables_keep_every_pair(tmp_path):
     path.write_bytes(b"not parquet")
     with pytest.raises(SagsaeError, match="not a readable table"):
         write_compare(row("gated@8", 0.0), tmp_path, keep=PAIR_KEYS)
+    assert path.read_bytes() == b"not parquet"
+
+
+def test_ablation_table_keeps_earlier_seeds(tmp_path, monkeypatch, capsys):
+    """`ablate --seeds 1` after `--seeds 0` holds both seeds, deltas against the tied mean over both;
+    a grid at another coefficient replaces the table with a note; a damaged table is one line."""
+    import sagsae_cli.ablate as ab
+    from sagsae_cli.errors import SagsaeError
+    from sagsae_cli.train import TrainConfig
+
+    def fake_evaluate(dirs, results, **_):  # r2 = 0.5 + seed/10 + 0.01 per non-tied variant, by hand
+        rows = []
+        for d in dirs:
+            v, w, l1, s = d.split("|")
+            rows.append(dict(run=f"{v}-w{w}-l1_{l1}-s{s}", variant=v, width=int(w), l1=float(l1), target_l0=0.0,
+                             tokens=1000, eval_tokens=100, seed=int(s), l0=4.0, dead_frac=0.0,
+                             r2=0.5 + int(s) / 10 + (0 if v == "sa-gsae" else 0.01)))  # fmt: skip
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(
+        ab, "train", lambda cfgs, *a, **k: [f"{c.variant}|{c.width}|{c.l1:g}|{c.seed}" for c in cfgs]
+    )
+    monkeypatch.setattr(ab, "evaluate", fake_evaluate)
+    base = TrainConfig(width=8, l1=0.4, tokens=1000, store=str(tmp_path / "store"))
+    res = tmp_path / "res"
+    path = res / "ablation" / "store-w8.parquet"
+    ab.ablate(base, [0], "runs", res, 100)
+    ab.ablate(base, [1], "runs", res, 100)
+    t = pd.read_parquet(path)
+    assert sorted(t.seed.unique()) == [0, 1] and len(t) == 14 and t.run.is_unique
+    gated = t[(t.label == "gated@16") & (t.seed == 1)].iloc[0]
+    assert gated.delta_r2 == pytest.approx((0.6 + 0.01) - (0.5 + 0.6) / 2)  # tied mean over both seeds
+    ab.ablate(base, [1], "runs", res, 100)  # the same seed again: replaced, not doubled
+    assert len(pd.read_parquet(path)) == 14
+    ab.ablate(replace(base, l1=0.2), [0], "runs", res, 100)
+    t = pd.read_parquet(path)
+    assert set(t.l1) == {0.2} and len(t) == 7 and "another setting" in capsys.readouterr().err
+    path.write_bytes(b"not parquet")
+    with pytest.raises(SagsaeError, match="not a readable table"):
+        ab.ablate(base, [0], "runs", res, 100)
     assert path.read_bytes() == b"not parquet"
 
 
