@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -33,6 +33,8 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     # the same changes on top of batch 256 (what --batch auto picks for this budget), and its 2nd seed
     b256-s1) echo "--batch 256 --lr 2e-3 --seeds 1" ;;
     b256-thr50) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 50" ;;
+    b256-thr1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 1" ;;  # log theta at the base lr
+    b256-thr3) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3" ;;
     b256-theta01) echo "--batch 256 --lr 2e-3 --theta0 0.1" ;;
     b256-l1warm0) echo "--batch 256 --lr 2e-3 --l1-warmup 0" ;;
     b256-noreset) echo "--batch 256 --lr 2e-3" ;;  # SA-GSAE without dead-latent resets (sa_variant)

@@ -67,3 +67,42 @@ def test_outlier_probe_replays_the_run_and_removes_only_large_tokens(tmp_path):
     big = ast.literal_eval(out.split("above 6.0: ", 1)[1].splitlines()[0])  # [(step, norm), ...]
     assert len(big) >= 1 and all(20 <= s < 60 and n > 6.0 for s, n in big)  # the 25x row's batches
     assert any(a != b for a, b in arms.values())
+
+
+def test_latent_churn_counts_silent_latents_as_eval_does(tmp_path):
+    """examples/latent_churn.py on a tiny run with snapshots: its silent count at the end is `sagsae
+    eval`'s dead fraction times the width on the same held-out rows, and from one snapshot to the next
+    silent = silent before + died - back."""
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    from conftest import run_cli
+
+    from sagsae_cli.store import StoreWriter
+
+    rng = np.random.default_rng(1)
+    with StoreWriter(tmp_path / "s", d=8, dtype="float32", config={"t": 1}, chunk_rows=256) as w:
+        w.append("train", rng.normal(size=(4000, 8)).astype("float32"))
+        w.append("eval", rng.normal(size=(600, 8)).astype("float32"))
+        w.commit(complete=True)
+    run_cli("train", "--store", tmp_path / "s", "--out", tmp_path / "r", "--variant", "sa-gsae", "--width", 48,
+            "--l1", 2.0, "--tokens", 12000, "--batch", 100, "--lr", 0.01, "--warmup-steps", 5, "--snapshots", 3,
+            "--quiet", check=0)  # fmt: skip
+    run = next((tmp_path / "r").iterdir())
+    run_cli("eval", run, "--results", tmp_path / "res", "--eval-tokens", 600, "--quiet", check=0)
+    dead = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).dead_frac.iloc[0]
+    probe = Path(__file__).resolve().parents[1] / "examples" / "latent_churn.py"
+    p = subprocess.run(
+        [sys.executable, str(probe), str(run), "--eval-tokens", "600"], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [
+        line.split() for line in p.stdout.splitlines() if line.strip()[:1].isdigit() or "final" in line[:13]
+    ]
+    assert len(rows) == 4 and rows[-1][0] == "final"  # three snapshots, then the final SAE
+    silent = [int(r[1]) for r in rows]
+    assert silent[-1] == round(dead * 48) and 0 < silent[-1] < 48
+    for before, r in zip(silent, rows[1:]):
+        assert int(r[1]) == before + int(r[2]) - int(r[3])
+    assert sum(int(r[2]) for r in rows[1:]) > 0 and sum(int(r[3]) for r in rows[1:]) > 0  # both happen here
