@@ -29,7 +29,7 @@ def best_times(fns, repeats: int = 3) -> list[float]:
 def optimizer(sae, lr: float, fused: bool = True) -> torch.optim.Adam:
     """The trainer's Adam (``train.make_optimizer``: fused), or PyTorch's per-tensor loop to compare."""
     if fused:
-        return make_optimizer(sae, lr)
+        return make_optimizer(sae, lr, 1.0)
     return torch.optim.Adam(sae.param_groups(lr), betas=(0.0, 0.999), foreach=False)
 
 

@@ -82,7 +82,7 @@ def main() -> None:
 
     # 2. the bare step and 3. the trainer's step, side by side
     sae = build_sae("sa-gsae", SAEConfig(architecture="", d_in=d, d_sae=n, l1=0.2)).to(dev)
-    opt = make_optimizer(sae, 2e-3)
+    opt = make_optimizer(sae, 2e-3, 1.0)
     x = torch.randn(b, d, device=dev)
 
     def bare():

@@ -79,7 +79,8 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (the trainer's default 0)")
-    ap.add_argument("--threshold-lr-mult", type=float, default=10.0)
+    ap.add_argument("--threshold-lr-mult", type=float, default=10.0,
+                    help="the run's (threshold_lr_mult in its train_cfg.json; 10 in runs before auto)")  # fmt: skip
     ap.add_argument("--max-norm", type=float, default=3.0, help="the second arm drops tokens above this norm")
     ap.add_argument("--eval-rows", type=int, default=50_000)
     a = ap.parse_args()

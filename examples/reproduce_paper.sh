@@ -11,8 +11,9 @@ TOKENS=${TOKENS:-200M}            # training tokens per run
 HARVEST_TOKENS=${HARVEST_TOKENS:-200000000}
 EVAL_TOKENS=${EVAL_TOKENS:-1000000}
 # the long-run recipe (dictionary_learning's): at 200M tokens it is ~49k steps. The budget-aware
-# defaults (--batch auto --lr auto) are measured only up to ~16k steps at batch <= 1024 (docs/METHOD.md §8)
-RECIPE=(--batch 4096 --lr 3e-4)
+# defaults (--batch auto --lr auto --threshold-lr-mult auto) are measured only up to ~16k steps at batch
+# <= 1024 (docs/METHOD.md §8), so this keeps the paper's 10x threshold lr too
+RECIPE=(--batch 4096 --lr 3e-4 --threshold-lr-mult 10)
 EXPANSION_H=${EXPANSION_H:-8}     # SA-half width = EXPANSION_H x d; Gated-full = 2x that
 SEEDS=${SEEDS:-0,1,2}
 L1_SWEEP=${L1_SWEEP:-0.05,0.1,0.2,0.4,0.8}

@@ -32,7 +32,8 @@ RunsOut = Annotated[str, typer.Option("--out", "-o", help="Directory of run dire
 Seeds = Annotated[str, typer.Option(help="Model seeds, comma-separated.")]
 Tokens = Annotated[str, typer.Option(help="Training tokens per run (50M, 200k, 1e6 ...).")]
 Batch = Annotated[str, typer.Option(help="Tokens per batch; auto: about 8,000 steps for --tokens (a power of two in 128-4096).")]  # fmt: skip
-Lr = Annotated[str, typer.Option(help="Base learning rate (auto: 2e-3); log thresholds learn at 10x it (train: --threshold-lr-mult).")]  # fmt: skip
+Lr = Annotated[str, typer.Option(help="Base learning rate (auto: 2e-3); log thresholds learn at --threshold-lr-mult x it.")]  # fmt: skip
+ThresholdLrMult = Annotated[str, typer.Option(help="Learning-rate multiple for log thresholds; auto: 100 / (steps x lr) within 1-10 (the paper's 10 up to 5,000 steps at lr 2e-3; 3.2 at 2M tokens with the auto batch and lr).")]  # fmt: skip
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 TrainDtype = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")]
 EvalTokens = Annotated[str, typer.Option(help="Held-out tokens per run (the same for every run).")]
@@ -222,6 +223,21 @@ def _batch_lr(tokens: int, batch: str, lr: str) -> tuple[int, float]:
     return b, r
 
 
+def _threshold_lr_mult(value: str) -> float:
+    """--threshold-lr-mult: a positive number, or auto (0.0: TrainConfig resolves it from the lr)."""
+    if value.strip().lower() == "auto":
+        return 0.0
+    try:
+        mult = float(value)
+    except ValueError:
+        mult = float("nan")
+    _check(
+        math.isfinite(mult) and mult > 0,
+        f"--threshold-lr-mult takes a positive number or auto (got {value!r})",
+    )
+    return mult
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SagsaeError(message)
@@ -249,7 +265,7 @@ def train(
     tokens: Tokens = "50M",
     batch: Batch = "auto",
     lr: Lr = "auto",
-    threshold_lr_mult: float = typer.Option(10.0, help="Learning-rate multiple for log thresholds."),
+    threshold_lr_mult: ThresholdLrMult = "auto",
     warmup_steps: int = typer.Option(1000, help="Linear lr warm-up steps (at most 10% of the run)."),
     theta0: float = typer.Option(1e-3, help="Initial threshold theta_0 (normalised units)."),
     aux_coef: float = typer.Option(
@@ -314,10 +330,7 @@ def train(
     _check(snapshots >= 0 and warmup_steps >= 0, "--snapshots and --warmup-steps must be >= 0")
     for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
         _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
-    _check(
-        theta0 > 0 and threshold_lr_mult > 0 and init_l0 >= 0,
-        "--theta0 and --threshold-lr-mult must be positive, --init-l0 >= 0",
-    )
+    _check(theta0 > 0 and init_l0 >= 0, "--theta0 must be positive, --init-l0 >= 0")
     _check(
         math.isfinite(aux_coef) and aux_coef >= 0,
         f"--aux-coef must be a finite number >= 0 (got {aux_coef:g})",
@@ -326,7 +339,7 @@ def train(
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
-        threshold_lr_mult=threshold_lr_mult, warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
+        threshold_lr_mult=_threshold_lr_mult(threshold_lr_mult), warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
         aux_coef=aux_coef, init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1,
         snapshots=snapshots, dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
@@ -400,6 +413,7 @@ def ablate(
     tokens: Tokens = "50M",
     batch: Batch = "auto",
     lr: Lr = "auto",
+    threshold_lr_mult: ThresholdLrMult = "auto",
     out: RunsOut = "runs",
     results: str = typer.Option("results", help="Results directory."),
     eval_tokens: EvalTokens = "100k",
@@ -421,7 +435,7 @@ def ablate(
     run_tokens = _tokens(tokens)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=run_tokens, batch=batch, lr=lr,
-                       store=store)  # fmt: skip
+                       threshold_lr_mult=_threshold_lr_mult(threshold_lr_mult), store=store)  # fmt: skip
     seed_list = _ints(seeds, "--seeds")
     table = run_ablate(
         base, seed_list, out, results, eval_tokens, force=force, quiet=quiet, device=device, dtype=dtype

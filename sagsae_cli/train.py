@@ -1,6 +1,7 @@
 """The training loop (docs/METHOD.md §4): Adam (betas 0, 0.999), linear lr warm-up and final-20% decay,
-10x lr on thresholds, lambda warm-up, gradient clip, unit-norm decoder, dead-latent threshold resets,
-atomic checkpoints and exact resume. Several runs (a sweep) share each batch read from the store.
+log thresholds at a budget-aware lr multiple, lambda warm-up, gradient clip, unit-norm decoder,
+dead-latent threshold resets, atomic checkpoints and exact resume. Several runs (a sweep) share each
+batch read from the store.
 Under torchrun each rank reads its own shard; gradients, losses and dead-latent counters are summed
 across ranks (weighted by rows, so a short or empty tail batch is exact) and rank 0 writes.
 
@@ -56,7 +57,7 @@ class TrainConfig:
     tokens: int = 50_000_000
     batch: int = 4096  # global batch (all ranks together)
     lr: float = 3e-4
-    threshold_lr_mult: float = 10.0
+    threshold_lr_mult: float = 0.0  # 0 = auto, from the lr and the steps (auto_threshold_lr_mult)
     warmup_steps: int = 1000  # capped at 10% of the run
     decay_frac: float = 0.2
     l1_warmup_frac: float = 0.05
@@ -73,6 +74,10 @@ class TrainConfig:
     log_every: int = 50  # steps
     store: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.threshold_lr_mult <= 0:  # resolved here, so train_cfg.json records the multiple used
+            object.__setattr__(self, "threshold_lr_mult", auto_threshold_lr_mult(self.lr, self.steps))
 
     @property
     def steps(self) -> int:
@@ -135,6 +140,10 @@ def l1_factor(step: int, cfg: TrainConfig) -> float:
 TARGET_STEPS = 8_000
 MIN_BATCH, MAX_BATCH = 128, 4096
 AUTO_LR = 2e-3  # every converged run of the convergence study used it (3e-4 ended dense at 2M tokens)
+# --threshold-lr-mult auto: steps x (log theta's lr) = THRESHOLD_BUDGET, the multiple kept within [1, 10]. The
+# paper's 10x up to 5,000 steps at lr 2e-3; 3.2x for the CPU recipe (15,625 steps), where 10x made SA-GSAE's
+# thresholds overshoot and its latents die, and 1x left them still climbing at the end (docs/METHOD.md §8)
+THRESHOLD_BUDGET = 100.0
 FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE converges
 
 
@@ -144,6 +153,12 @@ def auto_batch(tokens: int) -> int:
     return int(min(MAX_BATCH, max(MIN_BATCH, 1 << (want.bit_length() - 1))))
 
 
+def auto_threshold_lr_mult(lr: float, steps: int) -> float:
+    """The multiple of ``lr`` at which log thresholds learn under ``auto``: THRESHOLD_BUDGET / (steps x lr)
+    within [1, 10] (10 is the paper's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
+    return min(10.0, max(1.0, THRESHOLD_BUDGET / (max(steps, 1) * lr)))
+
+
 def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[int, float]:
     """``--batch`` / ``--lr`` as given, or their budget-aware values for ``auto``."""
     b = auto_batch(tokens) if str(batch).strip().lower() == "auto" else int(float(batch))
@@ -151,9 +166,7 @@ def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[in
     return b, r
 
 
-def make_optimizer(
-    sae: SAE, lr: float, threshold_lr_mult: float = 10.0, betas=(0.0, 0.999)
-) -> torch.optim.Adam:
+def make_optimizer(sae: SAE, lr: float, threshold_lr_mult: float, betas=(0.0, 0.999)) -> torch.optim.Adam:
     """The trainer's Adam over ``sae``'s parameter groups (thresholds at ``threshold_lr_mult`` x lr).
     PyTorch's fused kernel where it has one (CPU, CUDA): one pass per parameter instead of about
     seven (docs/METHOD.md §4; benchmarks/sae_step_bench.py --optimizers times it against the loop)."""

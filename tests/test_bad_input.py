@@ -66,6 +66,8 @@ TRAIN = ["train", "--width", 12, "--tokens", "6k", "--batch", 500, "--quiet"]
         ([*TRAIN, "--dead-window", "abc"], ["--dead-window"]),
         ([*TRAIN, "--batch", 10**6], ["--batch", "exceeds"]),
         ([*TRAIN, "--lr", "nan"], ["--lr"]),
+        ([*TRAIN, "--threshold-lr-mult", "0"], ["--threshold-lr-mult", "auto"]),
+        ([*TRAIN, "--threshold-lr-mult", "fast"], ["--threshold-lr-mult", "auto"]),
         ([*TRAIN, "--l1-warmup", 2], ["--l1-warmup"]),
         (["eval", "RUN", "--eval-tokens", 0], ["--eval-tokens"]),
         (["eval", "RUN", "--bipolar-threshold", 2], ["--bipolar-threshold"]),

@@ -181,6 +181,24 @@ def test_aux_coef_is_the_auxiliary_weight(synth, tmp_path):
     assert "aux_coef" in p.stderr and "different config" in p.stderr
 
 
+def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
+    """auto: steps x threshold lr = 100, the multiple within [1, 10] (hand-computed cases); the resolved
+    multiple is the run's config: the optimizer uses it, and a rerun at another is refused."""
+    assert TrainConfig(tokens=2_000_000, batch=128, lr=2e-3).threshold_lr_mult == pytest.approx(100 / 31.25)
+    # the quickstart's 1,172 steps: 42.7, capped at the paper's 10
+    assert TrainConfig(tokens=150_000, batch=128, lr=2e-3).threshold_lr_mult == 10.0
+    assert TrainConfig(tokens=10**9, batch=1024, lr=2e-3).threshold_lr_mult == 1.0  # 976,563 steps: 0.05 -> 1
+    assert TrainConfig(tokens=80_000, batch=1000, threshold_lr_mult=3.0).threshold_lr_mult == 3.0
+    args = _train_args(synth, tmp_path, **{"--tokens": 3000, "--variant": "sa-gsae"})
+    run_cli(*args, "--threshold-lr-mult", "3", check=0)
+    run = tmp_path / "sa-gsae-w32-l1_0.3-s0"
+    assert json.loads((run / "train_cfg.json").read_text())["threshold_lr_mult"] == 3.0
+    groups = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["opt"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 3.0]
+    p = run_cli(*args, check=2)  # auto is 10 for these 6 steps: another config
+    assert "threshold_lr_mult" in p.stderr and "different config" in p.stderr
+
+
 def test_schedules():
     cfg = TrainConfig(tokens=100 * 4096, batch=4096, warmup_steps=1000)
     assert lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up capped at 10% of a short run

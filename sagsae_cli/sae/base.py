@@ -63,7 +63,7 @@ class SAE(nn.Module):
     """Base class. Subclasses define ``encode`` and ``forward`` (and may extend ``init_params``)."""
 
     saelens_architecture = "standard"
-    threshold_params: tuple[str, ...] = ()  # parameters trained at 10x the base learning rate
+    threshold_params: tuple[str, ...] = ()  # trained at the threshold lr multiple (TrainConfig)
     knob = "l1"  # the sweep coefficient: "l1" (lambda, passed to forward as ``coef``) or "k" (TopK)
     terms: tuple[str, ...] = ("mse", "sparsity")  # the loss terms forward() may return, in a fixed order
 
@@ -172,7 +172,7 @@ class SAE(nn.Module):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def param_groups(self, lr: float, threshold_lr_mult: float = 10.0) -> list[dict]:
+    def param_groups(self, lr: float, threshold_lr_mult: float = 1.0) -> list[dict]:
         fast = [p for n, p in self.named_parameters() if n in self.threshold_params]
         slow = [p for n, p in self.named_parameters() if n not in self.threshold_params]
         groups = [{"params": slow, "lr": lr, "lr_mult": 1.0}]
