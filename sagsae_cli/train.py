@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 from contextlib import nullcontext
@@ -157,6 +158,29 @@ def auto_threshold_lr_mult(lr: float, steps: int) -> float:
     """The multiple of ``lr`` at which log thresholds learn under ``auto``: THRESHOLD_BUDGET / (steps x lr)
     within [1, 10] (10 is the paper's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
     return min(10.0, max(1.0, THRESHOLD_BUDGET / (max(steps, 1) * lr)))
+
+
+def contention_warning(threads: int, cores: int, load: float) -> str | None:
+    """The warning for a CPU run whose ``threads`` will wait on cores other processes keep busy (``load``:
+    the 1-minute load average before it starts), or None when they fit. A torch parallel region waits
+    for its slowest thread, so one descheduled thread stalls them all: up to 10x slower here (README)."""
+    if threads <= 1 or load + threads <= cores + 0.5:
+        return None
+    return (
+        f"[yellow]warning[/yellow]: the load average is {load:.1f} on {cores} core(s) and torch will use "
+        f"{threads} threads: threads that wait on busy cores can make training several times slower; "
+        "run jobs side by side with OMP_NUM_THREADS=1 (or fewer threads each, their sum within the cores)"
+    )
+
+
+def _machine_contention() -> str | None:
+    """contention_warning for this process and machine (None where the load average is unknown)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return contention_warning(torch.get_num_threads(), cores, load)
 
 
 def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[int, float]:
@@ -537,6 +561,9 @@ def train(
             "`sagsae eval --checkpoints`",
             highlight=False,
         )
+    crowded = _machine_contention() if dev.type == "cpu" and world.main and not quiet else None
+    if crowded:
+        console.print(crowded, highlight=False)
     store = open_store(base.store)
     if not store.complete and not allow_incomplete:
         raise SagsaeError(

@@ -279,3 +279,14 @@ def test_short_sa_gsae_runs_are_warned(store, tmp_path):
     p = run_cli("train", "--store", store, "--out", tmp_path, "--variant", "gated", "--width", 8, "--tokens", "5k",
                 "--batch", 500, check=0)  # fmt: skip
     assert "warning" not in p.stderr + p.stdout  # the Gated SAE is not the slow one
+
+
+def test_threads_on_busy_cores_are_warned():
+    from sagsae_cli.train import contention_warning
+
+    assert contention_warning(threads=2, cores=2, load=0.1) is None  # an idle machine: the threads fit
+    assert contention_warning(threads=1, cores=2, load=5.0) is None  # one thread never waits on another
+    assert contention_warning(threads=4, cores=16, load=8.0) is None
+    msg = contention_warning(threads=2, cores=2, load=1.0)  # one other busy process: a thread waits
+    assert msg and "OMP_NUM_THREADS=1" in msg and "1.0 on 2 core(s)" in msg and "2 threads" in msg
+    assert contention_warning(threads=16, cores=16, load=2.0)
