@@ -132,6 +132,25 @@ def census_summary(table, threshold: float = 0.1) -> dict:
     }
 
 
+# --- the data ---------------------------------------------------------------------------------
+def spectrum(x: torch.Tensor, shares=(0.5, 0.9, 0.99)) -> dict:
+    """How many directions the rows ``x`` (tokens x d) use: the principal components needed for each
+    share of the variance around the mean (``dims_50`` ...), the participation ratio
+    (sum of the covariance's eigenvalues)² / (sum of their squares) (d for isotropic data, 1 for data on
+    one line) and the largest component's share. A low-dimensional hookpoint leaves a wide dictionary
+    latents that the sparsity penalty retires (docs/RESULTS.md, attn_out)."""
+    x64 = x.double()
+    ev = torch.linalg.svdvals(x64 - x64.mean(0)).pow(2)  # the covariance's eigenvalues, times the rows
+    total = float(ev.sum())
+    if total <= 0:
+        raise ValueError("the rows have no variance")
+    cum = ev.cumsum(0) / total
+    out = {f"dims_{round(100 * q):d}": int((cum < q - 1e-12).sum()) + 1 for q in shares}
+    out["participation_ratio"] = total**2 / float(ev.pow(2).sum())
+    out["top1_share"] = float(ev[0]) / total
+    return out
+
+
 # --- convergence --------------------------------------------------------------------------------
 def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.1) -> float:
     """Tokens after which a run stays converged: the first checkpoint from which every later one

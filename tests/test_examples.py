@@ -106,3 +106,33 @@ def test_latent_churn_counts_silent_latents_as_eval_does(tmp_path):
     for before, r in zip(silent, rows[1:]):
         assert int(r[1]) == before + int(r[2]) - int(r[3])
     assert sum(int(r[2]) for r in rows[1:]) > 0 and sum(int(r[3]) for r in rows[1:]) > 0  # both happen here
+
+
+def test_store_spectrum_reads_a_stores_dimension(tmp_path):
+    """examples/store_spectrum.py on a store whose rows lie in a 3-dimensional subspace of d = 16 (with
+    very different variances along it): at most 3 components for 99%, and a participation ratio
+    between 1 and 3; bad input is one line and exit 2."""
+    import sys
+
+    import numpy as np
+
+    from sagsae_cli.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(16, 3)))[0].T  # 3 orthonormal rows in R^16
+    rows = (rng.normal(size=(3000, 3)) * [3.0, 1.0, 0.3]) @ basis
+    with StoreWriter(tmp_path / "s", d=16, dtype="float32", config={"t": 1}, chunk_rows=256) as w:
+        w.append("train", rows[:2000].astype("float32"))
+        w.append("eval", rows[2000:].astype("float32"))
+        w.commit(complete=True)
+    probe = Path(__file__).resolve().parents[1] / "examples" / "store_spectrum.py"
+    p = subprocess.run([sys.executable, str(probe), str(tmp_path / "s"), "--rows", "800"], capture_output=True,
+                       text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    fields = p.stdout.splitlines()[-1].split()
+    assert fields[1] == "800" and fields[2] == "16"
+    dims50, dims90, dims99, pr = int(fields[3]), int(fields[4]), int(fields[5]), float(fields[6])
+    assert dims50 == 1 and 1 <= dims90 <= dims99 <= 3 and 1.0 < pr < 3.0
+    for bad in ([str(tmp_path / "nope")], [str(tmp_path / "s"), "--rows", "1"]):
+        p = subprocess.run([sys.executable, str(probe), *bad], capture_output=True, text=True)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

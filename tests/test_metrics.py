@@ -100,6 +100,27 @@ def test_bipolar_mass_ranks_live_latents_only():
     assert census_summary(t)["bipolar_mass_top10"] == pytest.approx(10 / 19)
 
 
+def test_spectrum_of_rows_with_known_variances():
+    """Rows +-a_i e_i (mean zero) have covariance eigenvalues proportional to a_i^2: with a = (2, 1, 1, 1)
+    in d = 6 the shares are 4/7, 1/7, 1/7, 1/7, so 1 component holds 50%, 4 hold 90% and 99%, and the
+    participation ratio is (4+1+1+1)^2 / (16+1+1+1) = 49/19; a rotation changes none of it."""
+    from sagsae_cli.metrics import spectrum
+
+    a = torch.tensor([2.0, 1.0, 1.0, 1.0])
+    rows = torch.cat([torch.diag(a), -torch.diag(a)])
+    x = torch.cat([rows, torch.zeros(8, 2)], 1)  # d = 6, two unused dimensions
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    for rows_ in (x, (x.double() @ q).float() + 3.0):  # rotated and shifted: the same spectrum
+        s = spectrum(rows_)
+        assert (s["dims_50"], s["dims_90"], s["dims_99"]) == (1, 4, 4)
+        assert s["participation_ratio"] == pytest.approx(49 / 19, rel=1e-5)
+        assert s["top1_share"] == pytest.approx(4 / 7, rel=1e-5)
+    iso = spectrum(torch.cat([torch.eye(5), -torch.eye(5)]))
+    assert iso["participation_ratio"] == pytest.approx(5.0) and iso["dims_99"] == 5
+    with pytest.raises(ValueError):
+        spectrum(torch.ones(4, 3))
+
+
 def test_tokens_to_converge_on_a_hand_made_history():
     from sagsae_cli.metrics import tokens_to_converge
 
