@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     if a.rows < 2:
         print(f"error: --rows must be at least 2 (got {a.rows})", file=sys.stderr)
         return 2
-    header = f"{'store':<40} {'rows':>7} {'d':>5} {'dims 50%':>8} {'90%':>5} {'99%':>5} {'PR':>6} {'top-1':>6}"
+    header = (
+        f"{'store':<40} {'rows':>7} {'d':>5} {'dims 50%':>8} {'90%':>5} {'99%':>5} {'PR':>6} {'top-1':>6}"
+    )
     for i, path in enumerate(a.stores):
         try:
             store = open_store(path)
