@@ -94,6 +94,25 @@ def test_dead_latents_are_reset_with_cleared_moments_but_not_in_the_final_20_per
     assert (run.sae.log_threshold[:3] == math.log(1e6)).all()
 
 
+def test_without_an_lr_decay_resets_stop_one_dead_window_before_the_end(store, tmp_path):
+    """--lr-decay 0 leaves no final phase without resets: they now stop one dead window before the end
+    (40 steps of 500, a window of 2,000 tokens = 4 steps: the last reset at step 35), so a latent reset
+    at the last step cannot end the run dense."""
+    run, s, sample = _run(store, tmp_path, dead_window=2000, decay_frac=0.0)
+    assert run.cfg.reset_until == 36
+    auto = torch.autocast("cpu", enabled=False)
+    for step, resets in ((35, True), (36, False), (39, False)):
+        run.step = step
+        with torch.no_grad():
+            run.sae.log_threshold[:3] = math.log(1e6)
+        run.sae.tokens_since_fired[:3] = 10**6
+        run.train_step(sample[:500], auto)
+        assert bool((run.sae.log_threshold[:3] < 0).all()) == resets, step  # reset: back to about log(1e-3)
+    # with the default decay the decay still decides (20% of 40 steps: no reset from step 32 on)
+    run2, _, _ = _run(store, tmp_path / "b", dead_window=2000)
+    assert run2.cfg.reset_until == 32
+
+
 def test_non_finite_steps_are_found_later_without_a_sync_and_named_exactly(store, tmp_path):
     """The step reads nothing back from the device: a non-finite loss is remembered (its step, its
     value, whether the batch held NaN) and raised by check_finite(), which every log, snapshot and
