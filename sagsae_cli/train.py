@@ -41,7 +41,7 @@ from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, knob, resolve
+from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, has_thresholds, knob, resolve
 from sagsae_cli.store import open_store
 
 
@@ -513,8 +513,11 @@ _BOOKKEEPING = ("log_every", "checkpoint_every")
 
 def _identity(cfg: dict) -> dict:
     """What a resumed run must share with its record: the config without the bookkeeping settings,
-    its store path resolved (`out/s` and `/abs/out/s` name the same store)."""
-    kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING}
+    its store path resolved (`out/s` and `/abs/out/s` name the same store), and without the threshold
+    lr multiple for variants that have no threshold (a Gated run trained beside SA-GSAE at 3x is the
+    same run at 10x; `auto` gives each budget its own multiple)."""
+    unused = () if has_thresholds(cfg.get("variant", "sa-gsae")) else ("threshold_lr_mult",)
+    kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING and k not in unused}
     return {**kept, "store": Location(cfg.get("store", "")).canonical()}
 
 

@@ -197,6 +197,14 @@ def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
     assert [g["lr_mult"] for g in groups] == [1.0, 3.0]
     p = run_cli(*args, check=2)  # auto is 10 for these 6 steps: another config
     assert "threshold_lr_mult" in p.stderr and "different config" in p.stderr
+    # the Gated SAE has no threshold: its run at 3x is reused at 10x (it would train the same), not refused
+    gargs = _train_args(synth, tmp_path, **{"--tokens": 3000, "--variant": "gated"})
+    run_cli(*gargs, "--threshold-lr-mult", "3", check=0)
+    gated = tmp_path / "gated-w32-l1_0.3-s0"
+    before = (gated / "sae_weights.safetensors").stat().st_mtime_ns
+    p = run_cli(*gargs, "--threshold-lr-mult", "10", check=0)
+    assert "different config" not in p.stderr
+    assert (gated / "sae_weights.safetensors").stat().st_mtime_ns == before  # done already: not retrained
 
 
 def test_schedules():

@@ -41,6 +41,11 @@ def knob(name: str) -> str:
     return CLASSES[ARCHITECTURES[resolve(name)][0]].knob
 
 
+def has_thresholds(name: str) -> bool:
+    """Whether a variant trains parameters at the threshold lr multiple (``SAE.threshold_params``)."""
+    return bool(CLASSES[ARCHITECTURES[resolve(name)][0]].threshold_params)
+
+
 def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     """The SAE registered as ``name``, with its overrides applied to ``cfg``, initialised from ``seed``."""
     key = resolve(name)
