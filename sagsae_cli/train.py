@@ -92,8 +92,8 @@ class TrainConfig:
     def reset_until(self) -> int:
         """The first step at which dead latents are no longer reset: where the lr decay starts, or one
         dead window before the end if that comes first. A latent reset later has no time to raise its
-        threshold again (with ``--lr-decay 0`` latents reset near the end fired on 35-84% of the tokens
-        at the last step, against under 7% for settled ones; docs/METHOD.md §4)."""
+        threshold again (with ``--lr-decay 0`` latents reset near the end kept thresholds near theta_0 and
+        fired on 35-84% of the tokens at the last step; docs/METHOD.md §4)."""
         window = math.ceil(self.dead_tokens / self.batch)
         return max(0, min(int(self.steps * (1 - self.decay_frac)), self.steps - window))
 
