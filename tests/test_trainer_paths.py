@@ -301,11 +301,15 @@ def test_short_sa_gsae_runs_are_warned(store, tmp_path):
 
 
 def test_threads_on_busy_cores_are_warned():
-    from sagsae_cli.train import contention_warning
+    from sagsae_cli.train import _busy_cores, contention_warning
 
-    assert contention_warning(threads=2, cores=2, load=0.1) is None  # an idle machine: the threads fit
-    assert contention_warning(threads=1, cores=2, load=5.0) is None  # one thread never waits on another
-    assert contention_warning(threads=4, cores=16, load=8.0) is None
-    msg = contention_warning(threads=2, cores=2, load=1.0)  # one other busy process: a thread waits
-    assert msg and "OMP_NUM_THREADS=1" in msg and "1.0 on 2 core(s)" in msg and "2 threads" in msg
-    assert contention_warning(threads=16, cores=16, load=2.0)
+    assert contention_warning(threads=2, cores=2, busy=0.1) is None  # an idle machine: the threads fit
+    assert contention_warning(threads=1, cores=2, busy=2.0) is None  # one thread never waits on another
+    assert contention_warning(threads=4, cores=16, busy=8.0) is None
+    msg = contention_warning(threads=2, cores=2, busy=1.0)  # one other busy process: a thread waits
+    assert msg and "OMP_NUM_THREADS=1" in msg and "1.0 of this run's 2 core(s)" in msg and "2 threads" in msg
+    assert contention_warning(threads=16, cores=16, busy=2.0)
+    sampled = _busy_cores(0.05)  # this machine, now: a share of each usable core, whatever else runs
+    if sampled is not None:
+        busy, cores = sampled
+        assert cores >= 1 and -1e-9 <= busy <= cores + 1e-9
