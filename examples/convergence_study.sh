@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -49,6 +49,11 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-onesided) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3" ;;  # the one-sided gate at H (sa_variant), as b256-thr3
     b256-thr3-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --seeds 1" ;;
     b256-onesided-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --seeds 1" ;;
+    b256-resid) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --reset-mode residual" ;;  # resets point latents at the worst-reconstructed tokens
+    b256-resid-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --reset-mode residual --seeds 1" ;;
+    b256-resid-dw50k) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --reset-mode residual --dead-window 50k" ;;  # and near-silent latents count as dead
+    b256-dw50k) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --dead-window 50k" ;;  # the short window alone
+    b256-dw50k-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --dead-window 50k --seeds 1" ;;
     *) "$1"_flags ;;
   esac
 }

@@ -289,6 +289,11 @@ def train(
     dead_window: str = typer.Option(
         "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10% of the run))."
     ),
+    reset_mode: str = typer.Option(
+        "threshold",
+        help="What a dead-latent reset does: threshold (the paper's: theta_0, b_gate 0) or residual (also "
+        "point the latent at the batch's worst-reconstructed token; docs/METHOD.md §4).",
+    ),
     data_seed: int = typer.Option(0, help="Seed of the batch order (shared by the sweep)."),
     data_shards: int = typer.Option(
         0,
@@ -341,7 +346,7 @@ def train(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
         threshold_lr_mult=_threshold_lr_mult(threshold_lr_mult), warmup_steps=warmup_steps, theta0=theta0, init_l0=init_l0,
         aux_coef=aux_coef, init_decoder=init_decoder, l1_warmup_frac=l1_warmup, decay_frac=lr_decay, adam_beta1=adam_beta1,
-        snapshots=snapshots, dead_window=dead_tokens, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
+        snapshots=snapshots, dead_window=dead_tokens, reset_mode=reset_mode, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
     variants = [v.strip() for v in variant.split(",") if v.strip()]
     cfgs = sweep_configs(

@@ -71,6 +71,35 @@ def latents_per_axis(
     return float((cos >= min_cos).sum(0).double().mean())
 
 
+def axis_coverage(
+    W_dec: torch.Tensor,
+    axes: torch.Tensor,
+    live: torch.Tensor,
+    paired: torch.Tensor | None = None,
+    min_cos: float = 0.9,
+    merged_cos: float = 0.7,
+) -> dict:
+    """How a dictionary covers ground-truth axes. An axis is covered when a live latent lies within
+    ``min_cos`` of it (either sign). A live latent that covers no axis is *merged* when its two best
+    axes are both within ``merged_cos`` (one latent between two axes), else *stray*. Counts, with the
+    covered paired axes apart when ``paired`` (a bool per axis) is given."""
+    cos = axis_cosines(W_dec, axes)[live]
+    covered = (cos >= min_cos).any(0)
+    top2 = cos.topk(min(2, cos.shape[1]), dim=1).values if cos.shape[0] else cos.new_zeros(0, 2)
+    loose = top2[:, 0] < min_cos
+    merged = loose & (top2[:, -1] >= merged_cos) if top2.shape[1] > 1 else loose & False
+    out = {
+        "covered": int(covered.sum()),
+        "uncovered": int((~covered).sum()),
+        "merged": int(merged.sum()),
+        "stray": int((loose & ~merged).sum()),
+        "dead": int((~live).sum()),
+    }
+    if paired is not None:
+        out["paired_covered"] = int((covered & paired).sum())
+    return out
+
+
 # --- bipolar census (docs/METHOD.md §6) ---------------------------------------------------------------
 class Census:
     """Per-latent counts and masses on each sign, accumulated over batches."""

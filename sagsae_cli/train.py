@@ -68,6 +68,7 @@ class TrainConfig:
     theta0: float = 1e-3
     aux_coef: float = 1.0  # alpha of the gated / sa-gsae auxiliary term (the no-aux variant forces 0)
     dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
+    reset_mode: str = "threshold"  # "residual": a reset latent also points at a poorly reconstructed token
     checkpoint_every: int = 1000  # steps
     snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
     adam_beta1: float = 0.0
@@ -115,6 +116,8 @@ class TrainConfig:
             raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
         if self.init_decoder not in ("random", "data"):
             raise SagsaeError(f"--init-decoder is random or data (got {self.init_decoder!r})")
+        if self.reset_mode not in ("threshold", "residual"):
+            raise SagsaeError(f"--reset-mode is threshold or residual (got {self.reset_mode!r})")
         if knob(self.variant) == "k" and not 0 < self.k <= self.width:
             raise SagsaeError(f"{self.variant} needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
@@ -390,7 +393,7 @@ class Run:
         apply_update(sae, self.opt, cfg.clip)
         sae.update_fired(fired_any, n_total)
         if self.step < cfg.reset_until:
-            self._reset_dead()
+            self._reset_dead(x.float() - x_hat if cfg.reset_mode == "residual" and n else None)
         l0_global = active.double() / max(n_total, 1)  # float64, as the host division it replaces
         if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
             self.check_finite()  # the controller reads L0 on the host every step anyway
@@ -462,15 +465,18 @@ class Run:
         return n_total, mean[1], sums[len(scalars) :] > 0, sums[2], out_terms
 
     @torch.no_grad()
-    def _reset_dead(self) -> None:
-        """Reset latents silent for the dead window (masked fills: no host sync, a no-op when none is)."""
+    def _reset_dead(self, residual: torch.Tensor | None = None) -> None:
+        """Reset latents silent for the dead window (masked fills: no host sync, a no-op when none is),
+        pointing them at this batch's residual under ``--reset-mode residual``; their Adam moments
+        are cleared along each touched parameter's latent dimension."""
         mask = self.sae.dead_mask(self.cfg.dead_tokens)
-        names = self.sae.reset_latents(mask)
+        touched = self.sae.reset_latents(mask, residual)
         params = dict(self.sae.named_parameters())
-        for name in names:
+        for name, dim in touched.items():
+            at = mask.view([-1 if i == dim else 1 for i in range(params[name].dim())])
             for moment in self.opt.state.get(params[name], {}).values():
-                if torch.is_tensor(moment) and moment.shape == mask.shape:
-                    moment.masked_fill_(mask, 0.0)
+                if torch.is_tensor(moment) and moment.shape == params[name].shape:
+                    moment.masked_fill_(at, 0.0)
 
     def log(self, x: torch.Tensor, result: dict) -> dict:
         self.check_finite()
@@ -583,6 +589,11 @@ def train(
     shards = base.data_shards or world.size
     if world.active and shards != world.size:
         raise SagsaeError(f"--data-shards {shards} must equal the number of processes ({world.size}) or be 0")
+    if world.active and any(c.reset_mode == "residual" for c in cfgs):
+        raise SagsaeError(
+            "--reset-mode residual runs in one process only (each process would point latents at its own "
+            "tokens): train without torchrun, or with --reset-mode threshold"
+        )
     if base.batch % shards:
         raise SagsaeError(f"--batch {base.batch} must divide evenly into {shards} shards")
     dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)  # harvest's names work here too

@@ -136,3 +136,50 @@ def test_store_spectrum_reads_a_stores_dimension(tmp_path):
     for bad in ([str(tmp_path / "nope")], [str(tmp_path / "s"), "--rows", "1"]):
         p = subprocess.run([sys.executable, str(probe), *bad], capture_output=True, text=True)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_axis_coverage_agrees_with_eval_on_a_synthetic_run(tmp_path):
+    """examples/axis_coverage.py on a tiny synthetic run with snapshots: at the end its dead count is
+    `sagsae eval`'s dead fraction times the width, its covered axes are no more than eval's latents
+    per axis allow, covered + missing = the axes, for every snapshot; a store without ground truth is
+    one line and exit 2."""
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    from conftest import run_cli
+
+    from sagsae_cli.store import StoreWriter
+
+    run_cli("harvest", "--source", "synthetic", "--d", 16, "--n-axes", 8, "--tokens", 20000, "--eval-tokens", 2000,
+            "--out", tmp_path / "s", "--quiet", check=0)  # fmt: skip
+    train = ["--variant", "sa-gsae", "--width", 16, "--l1", 0.2, "--tokens", 20000, "--batch", 100, "--lr", 0.01,
+             "--warmup-steps", 5, "--snapshots", 2, "--quiet"]  # fmt: skip
+    run_cli("train", "--store", tmp_path / "s", "--out", tmp_path / "r", *train, check=0)
+    run = next((tmp_path / "r").iterdir())
+    run_cli("eval", run, "--results", tmp_path / "res", "--eval-tokens", 2000, "--quiet", check=0)
+    row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
+    probe = Path(__file__).resolve().parents[1] / "examples" / "axis_coverage.py"
+    p = subprocess.run([sys.executable, str(probe), str(run), "--eval-tokens", "2000"], capture_output=True,
+                       text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith(f"{run.name}: 8 axes")
+    rows = [line.split() for line in p.stdout.splitlines()[2:]]
+    assert len(rows) == 3 and rows[-1][0] == "final"  # two snapshots, then the final SAE
+    for r in rows:
+        covered, paired, missing, merged, stray, dead = map(int, r[1:])
+        assert covered + missing == 8 and paired <= covered and merged + stray + dead <= 16
+    covered, dead = int(rows[-1][1]), int(rows[-1][6])
+    assert dead == round(row.dead_frac * 16)
+    assert 0 < covered <= round(row.latents_per_axis * 8)
+    # a store without ground truth
+    rng = np.random.default_rng(1)
+    with StoreWriter(tmp_path / "lm", d=16, dtype="float32", config={"t": 1}, chunk_rows=256) as w:
+        w.append("train", rng.normal(size=(2000, 16)).astype("float32"))
+        w.append("eval", rng.normal(size=(500, 16)).astype("float32"))
+        w.commit(complete=True)
+    run_cli("train", "--store", tmp_path / "lm", "--out", tmp_path / "r2", "--width", 16, "--tokens", 2000,
+            "--batch", 100, "--snapshots", 0, "--quiet", check=0)  # fmt: skip
+    p = subprocess.run([sys.executable, str(probe), str(next((tmp_path / "r2").iterdir()))], capture_output=True,
+                       text=True)  # fmt: skip
+    assert p.returncode == 2 and "no ground truth" in p.stderr and "Traceback" not in p.stderr

@@ -7,6 +7,7 @@ import torch
 from sagsae_cli.metrics import (
     R2,
     Census,
+    axis_coverage,
     axis_recovery,
     census_summary,
     dead_reduction,
@@ -61,6 +62,25 @@ def test_axis_recovery_and_latents_per_axis():
     assert latents_per_axis(w, axes) == pytest.approx((2 + 0 + 1) / 3)
     live = torch.tensor([True, False, True, True])
     assert latents_per_axis(w, axes, live) == pytest.approx((1 + 0 + 1) / 3)
+
+
+def test_axis_coverage_counts_covered_merged_and_stray():
+    axes = torch.eye(4)
+    h = 1 / math.sqrt(2)
+    w = torch.tensor(
+        [
+            [-1.0, 0, 0, 0],  # covers axis 0 (a negative row counts: |cos|)
+            [0, h, h, 0],  # between axes 1 and 2, |cos| 0.71 with both: merged
+            [0, 0.5, 0, 0.5],  # |cos| 0.71 with axes 1 and 3 only when normalised: merged too
+            [0.1, 0.2, 0.3, 0.4],  # best |cos| 0.73, second 0.55: stray
+            [0, 0, 0, 1.0],  # would cover axis 3, but dead
+        ]
+    )
+    live = torch.tensor([True, True, True, True, False])
+    c = axis_coverage(w, axes, live, paired=torch.tensor([True, False, False, True]))
+    assert c == {"covered": 1, "uncovered": 3, "merged": 2, "stray": 1, "dead": 1, "paired_covered": 1}
+    c = axis_coverage(w, axes, torch.ones(5, dtype=torch.bool))
+    assert (c["covered"], c["uncovered"], c["dead"]) == (2, 2, 0) and "paired_covered" not in c
 
 
 def test_pareto_dominating_crossing_disjoint():

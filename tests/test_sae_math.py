@@ -242,14 +242,56 @@ def test_threshold_reset_and_ablation_switches():
     sae = make("sa-gsae")
     mask = torch.zeros(N, dtype=torch.bool)
     mask[:3] = True
-    assert sae.reset_latents(mask) == ["log_threshold", "b_gate"]
+    w_dec = sae.W_dec.clone()
+    assert sae.reset_latents(mask) == {"log_threshold": 0, "b_gate": 0}
     assert torch.allclose(sae.log_threshold[:3], torch.full((3,), math.log(1e-3)))
     assert (sae.b_gate[:3] == 0).all() and (sae.b_gate[3:] != 0).all()
+    assert torch.equal(sae.W_dec, w_dec)  # the paper's reset leaves the dictionary alone
     split = make("sa-gsae-split")
-    assert split.reset_latents(mask) == ["log_threshold", "log_threshold_neg", "b_gate"]
+    assert list(split.reset_latents(mask)) == ["log_threshold", "log_threshold_neg", "b_gate"]
     assert torch.allclose(split.log_threshold_neg[:3], torch.full((3,), math.log(1e-3)))
     assert torch.allclose(split.log_threshold_neg[3:], torch.full((N - 3,), math.log(0.25)))
-    assert make("no-reset").reset_latents(mask) == []
+    assert make("no-reset").reset_latents(mask) == {}
+    assert make("no-reset").reset_latents(mask, x_batch()) == {}
+
+
+@pytest.mark.parametrize("name", ["sa-gsae", "sa-gsae-untied"])
+def test_residual_reset_points_reset_latents_at_the_worst_tokens(name):
+    """--reset-mode residual: the i-th reset latent (index order) takes the i-th largest residual row,
+    normalised, as decoder row and encoder column, with a plain magnitude; the others keep theirs."""
+    sae = make(name)
+    with torch.no_grad():
+        sae.log_threshold.copy_(torch.linspace(-3.0, -1.0, N))  # median (torch's lower one): -2.0526
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    residual = torch.zeros(5, D)
+    residual[0, 0], residual[1, 1], residual[2, :2] = 1.0, 3.0, torch.tensor([-2.0, 2.0])  # errors 1, 9, 8
+    residual[3, 3] = 2.0  # error 4
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[[2, 7, 11]] = True
+    touched = sae.reset_latents(mask, residual)
+    assert touched["W_dec"] == 0 and touched["W_enc"] == 1
+    expected = {
+        2: torch.eye(D)[1],
+        7: torch.tensor([-1.0, 1.0] + [0.0] * (D - 2)) / math.sqrt(2),
+        11: torch.eye(D)[3],
+    }
+    for i, row in expected.items():
+        assert torch.allclose(sae.W_dec[i], row) and torch.allclose(sae.W_enc[:, i], row), i
+    keep = ~mask
+    # thresholds start at the median (the lower middle of 20 values: the 10th), not at theta_0
+    assert torch.allclose(sae.log_threshold[mask], torch.full((3,), -3.0 + 9 * 2.0 / 19))
+    assert torch.equal(sae.W_dec[keep], before["W_dec"][keep]) and torch.equal(
+        sae.W_enc[:, keep], before["W_enc"][:, keep]
+    )
+    for n in [n for n in touched if n.startswith(("r_mag", "b_mag"))]:
+        p = dict(sae.named_parameters())[n]
+        assert (p[mask] == 0).all() and torch.equal(p[keep], before[n][keep]), n
+    # more reset latents than tokens: the last ones share the smallest residual kept; a zero residual
+    # row gives no direction, so the latent keeps its row
+    sae2 = make(name)
+    w = sae2.W_dec.detach().clone()
+    sae2.reset_latents(torch.ones(N, dtype=torch.bool), torch.zeros(3, D))
+    assert torch.equal(sae2.W_dec, w)
     assert "aux" not in make("no-aux")(x_batch()).losses
     assert (make("one-sided").encode(x_batch()) >= 0).all()
 

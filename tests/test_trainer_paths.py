@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from sagsae_cli.errors import SagsaeError
 from sagsae_cli.metrics import l0
 from sagsae_cli.sae import SAEConfig, build_sae
 from sagsae_cli.store import open_store
@@ -92,6 +93,48 @@ def test_dead_latents_are_reset_with_cleared_moments_but_not_in_the_final_20_per
     run.sae.tokens_since_fired[:3] = 10**6
     run.train_step(sample[:500], auto)
     assert (run.sae.log_threshold[:3] == math.log(1e6)).all()
+
+
+def test_residual_resets_point_dead_latents_at_the_batchs_worst_tokens(store, tmp_path, monkeypatch):
+    """--reset-mode residual: the latents reset at a step take the directions of that batch's
+    worst-reconstructed tokens (x - x_hat before the update), with their W_dec/W_enc moments cleared;
+    every other parameter moves exactly as under the paper's threshold-only reset."""
+    auto = torch.autocast("cpu", enabled=False)
+    runs = {}
+    for mode in ("threshold", "residual"):
+        run, s, sample = _run(store, tmp_path / mode, dead_window=1000, reset_mode=mode)
+        with torch.no_grad():
+            run.sae.log_threshold[:3] = math.log(1e6)  # latents 0-2 can never fire
+        run.train_step(sample[:500], auto)
+        x = sample[500:1000]
+        ref = copy.deepcopy(run.sae)
+        with torch.no_grad():
+            x_hat = ref(x).x_hat
+        run.train_step(x, auto)  # 1000 silent tokens: latents 0-2 are reset after this update
+        runs[mode] = (run, x - x_hat)
+    (plain, _), (moved, residual) = runs["threshold"], runs["residual"]
+    worst = residual.pow(2).sum(1).topk(3).indices
+    dirs = residual[worst] / residual[worst].norm(dim=1, keepdim=True)
+    assert torch.allclose(moved.sae.W_dec[:3], dirs, atol=1e-6)
+    assert torch.allclose(moved.sae.W_enc[:, :3], dirs.T, atol=1e-6)
+    assert not torch.allclose(plain.sae.W_dec[:3], dirs, atol=1e-2)  # the paper's reset keeps the old rows
+    assert torch.equal(moved.sae.W_dec[3:], plain.sae.W_dec[3:])
+    assert torch.equal(moved.sae.log_threshold[3:], plain.sae.log_threshold[3:])
+    assert torch.allclose(plain.sae.log_threshold[:3].exp(), torch.full((3,), 1e-3))  # the paper's: theta_0
+    # pointed: the median of the thresholds before the reset (latents 0-2 still at log 1e6: closed
+    # gates give log theta no gradient)
+    before = torch.cat([torch.full((3,), math.log(1e6)), plain.sae.log_threshold[3:].detach()])
+    assert (moved.sae.log_threshold[:3] == before.median()).all()
+    for name, at in (("W_dec", (slice(0, 3),)), ("W_enc", (slice(None), slice(0, 3)))):
+        state = moved.opt.state[dict(moved.sae.named_parameters())[name]]
+        assert (state["exp_avg_sq"][at] == 0).all() and (state["exp_avg_sq"] != 0).any(), name
+    # torchrun would point each process's latents at its own tokens: refused before any work
+    world = type("W", (_World,), {"active": True, "size": 2})()
+    monkeypatch.setattr("sagsae_cli.train.init_world", lambda dev: world)
+    cfg = TrainConfig(store=str(store), width=24, tokens=20_000, batch=500, reset_mode="residual")
+    with pytest.raises(SagsaeError, match="one process only"):
+        train([cfg], tmp_path / "tr", quiet=True)
+    assert not (tmp_path / "tr").exists()
 
 
 def test_without_an_lr_decay_resets_stop_one_dead_window_before_the_end(store, tmp_path):

@@ -163,10 +163,11 @@ class SAE(nn.Module):
     def dead_mask(self, window: int | None = None) -> torch.Tensor:
         return self.tokens_since_fired >= (window or self.cfg.dead_tokens)
 
-    def reset_latents(self, mask: torch.Tensor) -> list[str]:
-        """Reset dead latents (architectures that support it); returns the parameter names touched,
-        whose optimiser moments the trainer clears at ``mask``."""
-        return []
+    def reset_latents(self, mask: torch.Tensor, residual: torch.Tensor | None = None) -> dict[str, int]:
+        """Reset dead latents (architectures that support it), given this batch's residual x - x_hat
+        when they should also be pointed at it; returns the parameters touched, each with its latent
+        dimension, whose optimiser moments the trainer clears at ``mask`` along it."""
+        return {}
 
     # --- bookkeeping --------------------------------------------------------------------------
     def param_count(self) -> int:

@@ -68,13 +68,43 @@ class SignAwareSAE(GatedFamily):
             getattr(self, name).copy_(theta.clamp_min(1e-6).log())
 
     @torch.no_grad()
-    def reset_latents(self, mask: torch.Tensor) -> list[str]:
+    def reset_latents(self, mask: torch.Tensor, residual: torch.Tensor | None = None) -> dict[str, int]:
         if not self.cfg.reset:
-            return []
+            return {}
         # masked fills, not mask.any() + indexing: no host sync per step (a no-op for an empty mask)
         names = self._threshold_names()
+        pointed = residual is not None and residual.shape[0] > 0
         for name in names:
-            getattr(self, name).masked_fill_(mask, math.log(self.cfg.theta0))
+            log_theta = getattr(self, name)
+            # pointed at a token, a latent starts at the median threshold (a 0-dim tensor: no sync),
+            # sparse at once; at theta_0 it would open on every token until its threshold climbs
+            log_theta.masked_fill_(mask, log_theta.median() if pointed else math.log(self.cfg.theta0))
         self.b_gate.masked_fill_(mask, 0.0)
         self.tokens_since_fired.masked_fill_(mask, 0)
-        return [*names, "b_gate"]
+        touched = {**dict.fromkeys(names, 0), "b_gate": 0}
+        if pointed:
+            touched.update(self._point_at_residuals(mask, residual))
+        return touched
+
+    def _point_at_residuals(self, mask: torch.Tensor, residual: torch.Tensor) -> dict[str, int]:
+        """``--reset-mode residual`` (ours, docs/METHOD.md §4): the i-th reset latent (in index order)
+        takes the direction of the batch's i-th worst-reconstructed token, x - x_hat normalised, as its
+        decoder row and encoder column, and a plain magnitude (r = 0, b_mag = 0), as Anthropic's
+        resampling (2023) does for ReLU SAEs. Deterministic (no RNG: resume stays exact), and still
+        masked fills: no host sync."""
+        err = residual.float().pow(2).sum(1)
+        k = min(residual.shape[0], self.cfg.d_sae)
+        worst_err, worst = err.topk(k)
+        dirs = residual[worst].float() / worst_err.sqrt().clamp_min(1e-12)[:, None]
+        rank = (mask.long().cumsum(0) - 1).clamp(0, k - 1)  # reset latent -> its token among the worst
+        take = mask & (worst_err[rank] > 0)  # a zero residual gives no direction: keep the row
+        self.W_dec.copy_(torch.where(take[:, None], dirs[rank].to(self.W_dec.dtype), self.W_dec))
+        self.W_enc.copy_(torch.where(take[None, :], dirs[rank].T.to(self.W_enc.dtype), self.W_enc))
+        mags = [
+            n
+            for n in ("r_mag", "b_mag", "r_mag_pos", "b_mag_pos", "r_mag_neg", "b_mag_neg")
+            if hasattr(self, n)
+        ]
+        for name in mags:
+            getattr(self, name).masked_fill_(take, 0.0)
+        return {"W_dec": 0, "W_enc": 1, **dict.fromkeys(mags, 0)}

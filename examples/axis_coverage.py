@@ -1,0 +1,68 @@
+"""Axis coverage: how a run's dictionary covers a synthetic store's ground-truth axes, per snapshot.
+
+For every snapshot of a run (`--snapshots`, under `<run>/checkpoints/tokens-N`) and its final SAE, on
+the same held-out rows: the axes a live latent lies within |cos| 0.9 of (paired axes apart: covering
+one takes a latent that fires on both signs, or two non-negative ones), the axes none does, and the
+live latents that cover none, split into *merged* (within 0.7 of two axes at once: one latent sitting
+between two axes) and *stray*. `metrics.axis_coverage` is the pure function. It shows where a run's
+later tokens go when held-out R² still creeps up (docs/METHOD.md §8).
+
+    python examples/axis_coverage.py out/convergence/b256-thr3/runs/sa-gsae-w64-l1_0.4-s0 --eval-tokens 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.evaluate import eval_rows_for, run_store
+from sagsae_cli.metrics import axis_coverage
+from sagsae_cli.reader import sequential_batches
+from sagsae_cli.sae.base import load_sae
+from sagsae_cli.train import snapshot_dirs, snapshot_tokens
+
+
+def coverage(run: Path, eval_tokens: int) -> list[dict]:
+    store = run_store(run)
+    truth = store.truth()
+    if truth is None:
+        raise SagsaeError(f"{run}'s store {store.path} has no ground truth: axis coverage needs a synthetic store")
+    axes, paired = torch.from_numpy(truth["axes"]), torch.from_numpy(truth["paired"]).bool()
+    rows, out = None, []
+    for snap in [*snapshot_dirs(run), run]:
+        sae, _ = load_sae(snap)
+        if rows is None:
+            n = eval_rows_for(run, sae, store, eval_tokens)
+            rows = torch.cat([x.float() for x in sequential_batches(store, "eval", 8192, max_rows=n)])
+        with torch.no_grad():
+            live = (sae.encode(rows) != 0).any(0)
+        tokens = "final" if snap == run else f"{snapshot_tokens(snap):,}"
+        out.append({"tokens": tokens, **axis_coverage(sae.W_dec.detach(), axes, live, paired)})
+    out[-1]["n_axes"], out[-1]["n_paired"] = len(paired), int(paired.sum())
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories trained on a synthetic store")
+    ap.add_argument("--eval-tokens", type=int, default=20_000, help="held-out rows a live latent fires on")
+    a = ap.parse_args(argv)
+    try:
+        for run in a.runs:
+            rows = coverage(run, a.eval_tokens)
+            print(f"{run.name}: {rows[-1]['n_axes']} axes, {rows[-1]['n_paired']} of them paired")
+            print(f"{'tokens':>12} {'covered':>7} {'paired':>6} {'missing':>7} {'merged':>6} {'stray':>5} {'dead':>4}")
+            for r in rows:
+                print(f"{r['tokens']:>12} {r['covered']:7d} {r['paired_covered']:6d} {r['uncovered']:7d} "
+                      f"{r['merged']:6d} {r['stray']:5d} {r['dead']:4d}")  # fmt: skip
+    except SagsaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
