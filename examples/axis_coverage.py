@@ -19,29 +19,21 @@ from pathlib import Path
 import torch
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.evaluate import eval_rows_for, run_store
+from sagsae_cli.evaluate import run_store, snapshots_on_held_out
 from sagsae_cli.metrics import axis_coverage
-from sagsae_cli.reader import sequential_batches
-from sagsae_cli.sae.base import load_sae
-from sagsae_cli.train import snapshot_dirs, snapshot_tokens
 
 
 def coverage(run: Path, eval_tokens: int) -> list[dict]:
-    store = run_store(run)
-    truth = store.truth()
+    truth = run_store(run).truth()
     if truth is None:
-        raise SagsaeError(f"{run}'s store {store.path} has no ground truth: axis coverage needs a synthetic store")
+        raise SagsaeError(f"{run}'s store has no ground truth: axis coverage needs a synthetic store")
     axes, paired = torch.from_numpy(truth["axes"]), torch.from_numpy(truth["paired"]).bool()
-    rows, out = None, []
-    for snap in [*snapshot_dirs(run), run]:
-        sae, _ = load_sae(snap)
-        if rows is None:
-            n = eval_rows_for(run, sae, store, eval_tokens)
-            rows = torch.cat([x.float() for x in sequential_batches(store, "eval", 8192, max_rows=n)])
+    out = []
+    for _, sae, tokens, rows in snapshots_on_held_out(run, eval_tokens):
         with torch.no_grad():
             live = (sae.encode(rows) != 0).any(0)
-        tokens = "final" if snap == run else f"{snapshot_tokens(snap):,}"
-        out.append({"tokens": tokens, **axis_coverage(sae.W_dec.detach(), axes, live, paired)})
+        label = "final" if tokens is None else f"{tokens:,}"
+        out.append({"tokens": label, **axis_coverage(sae.W_dec.detach(), axes, live, paired)})
     out[-1]["n_axes"], out[-1]["n_paired"] = len(paired), int(paired.sum())
     return out
 
@@ -55,7 +47,9 @@ def main(argv=None) -> None:
         for run in a.runs:
             rows = coverage(run, a.eval_tokens)
             print(f"{run.name}: {rows[-1]['n_axes']} axes, {rows[-1]['n_paired']} of them paired")
-            print(f"{'tokens':>12} {'covered':>7} {'paired':>6} {'missing':>7} {'merged':>6} {'stray':>5} {'dead':>4}")
+            print(
+                f"{'tokens':>12} {'covered':>7} {'paired':>6} {'missing':>7} {'merged':>6} {'stray':>5} {'dead':>4}"
+            )
             for r in rows:
                 print(f"{r['tokens']:>12} {r['covered']:7d} {r['paired_covered']:6d} {r['uncovered']:7d} "
                       f"{r['merged']:6d} {r['stray']:5d} {r['dead']:4d}")  # fmt: skip

@@ -20,15 +20,8 @@ from pathlib import Path
 
 import torch
 
-from sagsae_cli.evaluate import eval_rows_for, run_store
-from sagsae_cli.reader import sequential_batches
-from sagsae_cli.sae.base import load_sae
+from sagsae_cli.evaluate import snapshots_on_held_out
 from sagsae_cli.train import snapshot_tokens
-
-
-def snapshot_dirs(run: Path) -> list[Path]:
-    """The run's snapshots in training order, then the run itself (its final SAE)."""
-    return sorted((run / "checkpoints").glob("tokens-*"), key=snapshot_tokens) + [run]
 
 
 def firing_and_threshold(sae, x: torch.Tensor):
@@ -44,14 +37,8 @@ def firing_and_threshold(sae, x: torch.Tensor):
 
 
 def churn(run: Path, eval_tokens: int) -> list[dict]:
-    store = run_store(run)
-    rows = None
     out = []
-    for snap in snapshot_dirs(run):
-        sae, _ = load_sae(snap)
-        if rows is None:
-            n = eval_rows_for(run, sae, store, eval_tokens)
-            rows = torch.cat([x.float() for x in sequential_batches(store, "eval", 8192, max_rows=n)])
+    for snap, sae, _, rows in snapshots_on_held_out(run, eval_tokens):
         fires, theta, margin = firing_and_threshold(sae, rows)
         r = {"snapshot": snap, "fires": fires, "silent": int((~fires).sum())}
         if out:

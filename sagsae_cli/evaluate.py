@@ -212,6 +212,19 @@ def run_store(run_dir: Path):
     return open_store(path)
 
 
+def snapshots_on_held_out(run_dir: Path, eval_tokens: int):
+    """(snapshot dir, its SAE, tokens or None for the final SAE, held-out rows) for every snapshot of a
+    run and then the run itself, all on the same first ``eval_tokens`` eval rows of its store (the
+    probes in examples/ read a run's history this way)."""
+    run_dir, store, rows = Path(run_dir), run_store(run_dir), None
+    for snap in [*snapshot_dirs(run_dir), run_dir]:
+        sae, _ = load_sae(snap)
+        if rows is None:
+            n = eval_rows_for(run_dir, sae, store, eval_tokens)
+            rows = torch.cat([x.float() for x in sequential_batches(store, "eval", 8192, max_rows=n)])
+        yield snap, sae, (None if snap == run_dir else snapshot_tokens(snap)), rows
+
+
 def _eval_rows(run_dir: Path) -> int:
     return run_store(run_dir).rows("eval")
 
