@@ -160,11 +160,12 @@ def test_axis_coverage_agrees_with_eval_on_a_synthetic_run(tmp_path):
     run_cli("eval", run, "--results", tmp_path / "res", "--eval-tokens", 2000, "--quiet", check=0)
     row = pd.read_parquet(next((tmp_path / "res" / "eval").glob("*.parquet"))).iloc[0]
     probe = Path(__file__).resolve().parents[1] / "examples" / "axis_coverage.py"
-    p = subprocess.run([sys.executable, str(probe), str(run), "--eval-tokens", "2000"], capture_output=True,
-                       text=True)  # fmt: skip
+    p = subprocess.run([sys.executable, str(probe), str(run), "--eval-tokens", "2000", "--plot", str(tmp_path / "fig")],
+                       capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.startswith(f"{run.name}: 8 axes")
-    rows = [line.split() for line in p.stdout.splitlines()[2:]]
+    assert (tmp_path / "fig" / "axis_coverage.png").stat().st_size > 10_000  # a figure, not an empty file
+    rows = [line.split() for line in p.stdout.splitlines()[2:] if not line.startswith("wrote")]
     assert len(rows) == 3 and rows[-1][0] == "final"  # two snapshots, then the final SAE
     for r in rows:
         covered, paired, missing, merged, stray, dead = map(int, r[1:])
