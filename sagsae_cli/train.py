@@ -550,9 +550,9 @@ _BOOKKEEPING = ("log_every", "checkpoint_every")
 def _identity(cfg: dict) -> dict:
     """What a resumed run must share with its record: the config without the bookkeeping settings,
     its store path resolved (`out/s` and `/abs/out/s` name the same store), and without the threshold
-    lr multiple for variants that have no threshold (a Gated run trained beside SA-GSAE at 3x is the
-    same run at 10x; `auto` gives each budget its own multiple)."""
-    unused = () if has_thresholds(cfg.get("variant", "sa-gsae")) else ("threshold_lr_mult",)
+    lr multiple and the reset mode for variants that have no threshold (a Gated run trained beside
+    SA-GSAE at 3x is the same run at 10x; `auto` gives each budget its own multiple; they are never reset)."""
+    unused = () if has_thresholds(cfg.get("variant", "sa-gsae")) else ("threshold_lr_mult", "reset_mode")
     kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING and k not in unused}
     return {**kept, "store": Location(cfg.get("store", "")).canonical()}
 

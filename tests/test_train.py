@@ -205,6 +205,11 @@ def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
     p = run_cli(*gargs, "--threshold-lr-mult", "10", check=0)
     assert "different config" not in p.stderr
     assert (gated / "sae_weights.safetensors").stat().st_mtime_ns == before  # done already: not retrained
+    # ... nor is it ever reset, so the reset mode does not make it another run either; SA-GSAE's does
+    p = run_cli(*gargs, "--reset-mode", "residual", check=0)
+    assert (gated / "sae_weights.safetensors").stat().st_mtime_ns == before
+    p = run_cli(*args, "--threshold-lr-mult", "3", "--reset-mode", "residual", check=2)
+    assert "reset_mode" in p.stderr and "different config" in p.stderr
 
 
 def test_schedules():
