@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 from contextlib import nullcontext
@@ -23,7 +22,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sagsae_cli.distributed import World, all_agree, all_reduce_sum, barrier, init_world, on_main, pick_device
+from sagsae_cli.distributed import (
+    World,
+    all_agree,
+    all_reduce_sum,
+    barrier,
+    init_world,
+    machine_contention,
+    on_main,
+    pick_device,
+)
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import (
@@ -170,59 +178,6 @@ def auto_threshold_lr_mult(lr: float, steps: int) -> float:
     """The multiple of ``lr`` at which log thresholds learn under ``auto``: THRESHOLD_BUDGET / (steps x lr)
     within [1, 10] (10 is the paper's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
     return min(10.0, max(1.0, THRESHOLD_BUDGET / (max(steps, 1) * lr)))
-
-
-def contention_warning(threads: int, cores: int, busy: float) -> str | None:
-    """The warning for a CPU run whose ``threads`` will wait on cores that other processes keep busy
-    (``busy``: how many of its ``cores`` they kept busy just before it starts), or None when they fit.
-    A torch parallel region waits for its slowest thread, so one descheduled thread stalls them all:
-    up to 10x slower here (README)."""
-    if threads <= 1 or busy + threads <= cores + 0.5:
-        return None
-    return (
-        f"[yellow]warning[/yellow]: other processes keep {busy:.1f} of this run's {cores} core(s) busy and "
-        f"torch will use {threads} threads: threads that wait on busy cores can make training several times "
-        "slower; run jobs side by side with OMP_NUM_THREADS=1 (or fewer threads each, their sum within the cores)"
-    )
-
-
-def _busy_cores(interval: float = 0.25) -> tuple[float, int] | None:
-    """(how many of the cores this process may use were busy over the next ``interval`` seconds, while it
-    sleeps, and how many it may use), from /proc/stat; None where that cannot be read. Sampled now, not
-    the load average, which still counts the previous command of a script for a minute."""
-    import time
-
-    try:
-        allowed = os.sched_getaffinity(0)
-
-        def sample() -> dict[str, tuple[int, int]]:
-            out = {}
-            with open("/proc/stat") as f:
-                for line in f:
-                    name, *ticks = line.split()
-                    if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in allowed:
-                        t = [int(v) for v in ticks[:8]]
-                        out[name] = (sum(t), t[3] + t[4])  # all ticks, idle + iowait
-            return out
-
-        before = sample()
-        time.sleep(interval)
-        after = sample()
-    except (AttributeError, OSError, ValueError, IndexError):
-        return None
-    busy = 0.0
-    for cpu in before.keys() & after.keys():
-        total = after[cpu][0] - before[cpu][0]
-        if total > 0:
-            busy += 1.0 - (after[cpu][1] - before[cpu][1]) / total
-    return (busy, len(allowed)) if before else None
-
-
-def _machine_contention() -> str | None:
-    """contention_warning for this process and machine (None where the cores' use is unknown)."""
-    threads = torch.get_num_threads()
-    sampled = _busy_cores() if threads > 1 else None
-    return contention_warning(threads, sampled[1], sampled[0]) if sampled else None
 
 
 def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[int, float]:
@@ -614,7 +569,7 @@ def train(
             "`sagsae eval --checkpoints`",
             highlight=False,
         )
-    crowded = _machine_contention() if dev.type == "cpu" and world.main and not quiet else None
+    crowded = machine_contention() if dev.type == "cpu" and world.main and not quiet else None
     if crowded:
         console.print(crowded, highlight=False)
     store = open_store(base.store)

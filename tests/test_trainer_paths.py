@@ -344,7 +344,7 @@ def test_short_sa_gsae_runs_are_warned(store, tmp_path):
 
 
 def test_threads_on_busy_cores_are_warned():
-    from sagsae_cli.train import _busy_cores, contention_warning
+    from sagsae_cli.distributed import _busy_cores, contention_warning
 
     assert contention_warning(threads=2, cores=2, busy=0.1) is None  # an idle machine: the threads fit
     assert contention_warning(threads=1, cores=2, busy=2.0) is None  # one thread never waits on another
@@ -356,3 +356,27 @@ def test_threads_on_busy_cores_are_warned():
     if sampled is not None:
         busy, cores = sampled
         assert cores >= 1 and -1e-9 <= busy <= cores + 1e-9
+
+
+def test_harvest_on_the_cpu_warns_of_busy_cores_unless_quiet(monkeypatch, capsys):
+    """harvest runs the model's forward with torch's threads as train does: it prints the same
+    contention warning (before it loads the model), and not under --quiet."""
+    import sagsae_cli.harvest as hv
+
+    class Loaded(Exception):
+        pass
+
+    def no_model(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr(hv, "load_model", no_model)
+    monkeypatch.setattr(
+        hv, "machine_contention", lambda: "warning: other processes keep 1.0 of 2 core(s) busy"
+    )
+    cfg = hv.HarvestConfig(device="cpu")
+    with pytest.raises(Loaded):
+        hv.harvest(cfg, "unused-out")
+    assert "other processes keep 1.0 of 2 core(s) busy" in capsys.readouterr().err
+    with pytest.raises(Loaded):
+        hv.harvest(cfg, "unused-out", quiet=True)
+    assert "core(s) busy" not in capsys.readouterr().err
