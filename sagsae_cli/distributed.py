@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from sagsae_cli.errors import PeerError, SagsaeError
+from sagsae_cli.progress import console
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,10 @@ def on_main(fn, world: World):
 
 # --- other processes on this machine's cores (CPU runs) --------------------------------------------
 def contention_warning(threads: int, cores: int, busy: float) -> str | None:
-    """The warning for a CPU command (train, harvest) whose ``threads`` will wait on cores that other processes keep busy
-    (``busy``: how many of its ``cores`` they kept busy just before it starts), or None when they fit.
-    A torch parallel region waits for its slowest thread, so one descheduled thread stalls them all:
-    up to 10x slower here (README)."""
+    """The warning for a CPU command (train, harvest) whose ``threads`` will wait on cores that other
+    processes keep busy (``busy``: how many of its ``cores`` they kept busy just before it starts), or
+    None when they fit. A torch parallel region waits for its slowest thread, so one descheduled thread
+    stalls them all: up to 10x slower here (README)."""
     if threads <= 1 or busy + threads <= cores + 0.5:
         return None
     return (
@@ -192,3 +193,12 @@ def machine_contention() -> str | None:
     threads = torch.get_num_threads()
     sampled = _busy_cores() if threads > 1 else None
     return contention_warning(threads, sampled[1], sampled[0]) if sampled else None
+
+
+def warn_of_busy_cores(device: torch.device, world: World, quiet: bool) -> None:
+    """Print ``machine_contention``'s warning before a CPU command's torch work starts (rank 0, not
+    quiet): train's steps and harvest's forwards both wait on busy cores."""
+    if device.type == "cpu" and world.main and not quiet:
+        crowded = machine_contention()
+        if crowded:
+            console.print(crowded, highlight=False)

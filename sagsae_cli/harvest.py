@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 
 from sagsae_cli.data import iter_windows, windows_for
-from sagsae_cli.distributed import from_main, init_world, machine_contention, on_main, pick_device
+from sagsae_cli.distributed import from_main, init_world, on_main, pick_device, warn_of_busy_cores
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.hooks import decoder_layers, family_of, hook_definition, parse_hook, run_to_layer
 from sagsae_cli.location import Location
 from sagsae_cli.models import load_model
-from sagsae_cli.progress import console, progress_bar
+from sagsae_cli.progress import progress_bar
 from sagsae_cli.store import DTYPE_ALIASES, StoreWriter
 
 COMMIT_SECONDS = 5.0  # stores are committed this often (and at the end); SAGSAE_COMMIT_SECONDS overrides
@@ -72,9 +72,7 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
         raise SagsaeError("--context must be >= 2, --tokens and --batch-size positive, --eval-tokens >= 0")
     device = pick_device(cfg.device)
     world = init_world(device)
-    crowded = machine_contention() if device.type == "cpu" and world.main and not quiet else None
-    if crowded:  # the model's forward waits on busy cores as training does (the quickstart: ~10x slower)
-        console.print(crowded, highlight=False)
+    warn_of_busy_cores(device, world, quiet)  # the model's forwards wait on busy cores as training does
     mdtype = (
         cfg.model_dtype if cfg.model_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     )

@@ -85,9 +85,9 @@ def axis_coverage(
     covered paired axes apart when ``paired`` (a bool per axis) is given."""
     cos = axis_cosines(W_dec, axes)[live]
     covered = (cos >= min_cos).any(0)
-    top2 = cos.topk(min(2, cos.shape[1]), dim=1).values if cos.shape[0] else cos.new_zeros(0, 2)
+    top2 = cos.topk(min(2, cos.shape[1]), dim=1).values
     loose = top2[:, 0] < min_cos
-    merged = loose & (top2[:, -1] >= merged_cos) if top2.shape[1] > 1 else loose & False
+    merged = loose & (top2[:, 1] >= merged_cos) if top2.shape[1] > 1 else torch.zeros_like(loose)
     out = {
         "covered": int(covered.sum()),
         "uncovered": int((~covered).sum()),

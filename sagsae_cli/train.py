@@ -28,9 +28,9 @@ from sagsae_cli.distributed import (
     all_reduce_sum,
     barrier,
     init_world,
-    machine_contention,
     on_main,
     pick_device,
+    warn_of_busy_cores,
 )
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
@@ -569,9 +569,7 @@ def train(
             "`sagsae eval --checkpoints`",
             highlight=False,
         )
-    crowded = machine_contention() if dev.type == "cpu" and world.main and not quiet else None
-    if crowded:
-        console.print(crowded, highlight=False)
+    warn_of_busy_cores(dev, world, quiet)
     store = open_store(base.store)
     if not store.complete and not allow_incomplete:
         raise SagsaeError(

@@ -370,8 +370,9 @@ def test_harvest_on_the_cpu_warns_of_busy_cores_unless_quiet(monkeypatch, capsys
         raise Loaded
 
     monkeypatch.setattr(hv, "load_model", no_model)
-    monkeypatch.setattr(
-        hv, "machine_contention", lambda: "warning: other processes keep 1.0 of 2 core(s) busy"
+    monkeypatch.setattr(  # the sampler, wherever harvest reaches it from
+        "sagsae_cli.distributed.machine_contention",
+        lambda: "warning: other processes keep 1.0 of 2 core(s) busy",
     )
     cfg = hv.HarvestConfig(device="cpu")
     with pytest.raises(Loaded):
