@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1 b256-auto b256-auto-s1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -54,7 +54,17 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-resid-dw50k) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --reset-mode residual --dead-window 50k" ;;  # and near-silent latents count as dead
     b256-dw50k) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --dead-window 50k" ;;  # the short window alone
     b256-dw50k-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --dead-window 50k --seeds 1" ;;
+    b256-auto) echo "--batch 256 --lr 2e-3 --dead-window 0" ;;  # today's defaults for 4M tokens (3.2x, a 50k window)
+    b256-auto-s1) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 1" ;;
     *) "$1"_flags ;;
+  esac
+}
+
+dead() {  # the tables of docs/METHOD.md §8 were measured with the dead window of their day, 10% of the run:
+  # kept here (so reruns reproduce them and resume their runs) unless a candidate sets its own
+  case "$(flags "$1")" in
+    *--dead-window*) ;;
+    *) echo "--dead-window $(python -c "from sagsae_cli.cli import _tokens; print(_tokens('$TOKENS') // 10)")" ;;
   esac
 }
 
@@ -85,12 +95,12 @@ for C in $CANDIDATES; do
   for W in $(sa_widths "$C"); do
     # shellcheck disable=SC2046
     sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant "$A" --width "$W" --l1 "$(l1s "$C")" \
-      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") $(dead "$C") > /dev/null
   done
   for W in $(gated_widths "$C"); do
     # shellcheck disable=SC2046
     sagsae train --store "$STORE" --out "$OUT/$C/runs" --variant gated --width "$W" --l1 "$(l1s "$C")" \
-      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") > /dev/null
+      --tokens "$TOKENS" --snapshots 16 --lr-decay 0 --warmup-steps 100 --log-every 100 --quiet $(flags "$C") $(dead "$C") > /dev/null
   done
   sagsae eval "$OUT/$C"/runs/* --results "$OUT/$C/results" --checkpoints --lr-windows 0 --quiet > /dev/null
   echo "=== $C: $(flags "$C")"

@@ -1,6 +1,6 @@
 """Latent churn: which latents fall silent and come back between a run's snapshots.
 
-A run's training log counts a latent dead only after the dead window (10% of the run) without firing,
+A run's training log counts a latent dead only after the dead window (`--dead-window`) without firing,
 and the resets revive it then, so the log can read 0% dead while latents keep dying and being reset.
 This probe evaluates every snapshot of a run (`--snapshots`, saved under `<run>/checkpoints/tokens-N`)
 and its final SAE on the same held-out rows and prints, per snapshot: the latents silent on those

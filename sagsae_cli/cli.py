@@ -287,7 +287,9 @@ def train(
         8, help="SAE-only snapshots at evenly spaced steps, for `sagsae eval --checkpoints` (0 = none)."
     ),
     dead_window: str = typer.Option(
-        "0", help="Tokens of silence before a latent is reset (0 = min(10M, 10% of the run))."
+        "0",
+        help="Tokens of silence before a latent is reset (0 = 1.25% of the run within [25k, 10% of the run], "
+        "at most 10M; variants that reset nothing: 10%; docs/METHOD.md §8).",
     ),
     reset_mode: str = typer.Option(
         "threshold",

@@ -49,7 +49,16 @@ from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar
 from sagsae_cli.reader import ShuffledBatches
-from sagsae_cli.sae import ARCHITECTURES, SAE, SAEConfig, build_sae, has_thresholds, knob, resolve
+from sagsae_cli.sae import (
+    ARCHITECTURES,
+    SAE,
+    SAEConfig,
+    build_sae,
+    has_thresholds,
+    knob,
+    resets_latents,
+    resolve,
+)
 from sagsae_cli.store import open_store
 
 
@@ -75,7 +84,7 @@ class TrainConfig:
     clip: float = 1.0
     theta0: float = 1e-3
     aux_coef: float = 1.0  # alpha of the gated / sa-gsae auxiliary term (the no-aux variant forces 0)
-    dead_window: int = 0  # tokens; 0 = min(10M, 10% of the run)
+    dead_window: int = 0  # tokens; 0 = default_dead_window (resolved in __post_init__)
     reset_mode: str = "threshold"  # "residual": a reset latent also points at a poorly reconstructed token
     checkpoint_every: int = 1000  # steps
     snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
@@ -85,9 +94,15 @@ class TrainConfig:
     store: str = ""
     extra: dict = field(default_factory=dict)
 
+    # settings given as 0 = auto, derived from the run in __post_init__ (so train_cfg.json records what was used)
+    # and again when dataclasses.replace changes the run (a sweep's variant, a longer --tokens)
+    auto: tuple[str, ...] = ()
+
     def __post_init__(self):
-        if self.threshold_lr_mult <= 0:  # resolved here, so train_cfg.json records the multiple used
-            object.__setattr__(self, "threshold_lr_mult", auto_threshold_lr_mult(self.lr, self.steps))
+        auto = tuple(sorted({*self.auto, *(n for n in _AUTO if getattr(self, n) <= 0)}))
+        object.__setattr__(self, "auto", auto)
+        for name in auto:
+            object.__setattr__(self, name, _AUTO[name](self))
 
     @property
     def steps(self) -> int:
@@ -95,7 +110,7 @@ class TrainConfig:
 
     @property
     def dead_tokens(self) -> int:
-        return self.dead_window or min(10_000_000, max(self.batch, self.tokens // 10))
+        return self.dead_window
 
     @property
     def reset_until(self) -> int:
@@ -168,6 +183,35 @@ THRESHOLD_BUDGET = 100.0
 FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE converges
 
 
+# --dead-window auto: a latent silent for 1.25% of the run is reset, but never sooner than DEAD_MIN tokens
+# nor later than 10% of the run (the rule before the seventeenth session) or DEAD_MAX tokens. On the synthetic
+# superposition store 50k of 4M found every axis that 400k left missing; on SmolLM2 resid_mid, mlp_out and
+# attn_out 25k of 2M cost no R² and left fewer latents dead (docs/METHOD.md §8). Short runs keep 10%.
+DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
+
+
+def auto_dead_window(tokens: int, batch: int) -> int:
+    """Tokens of silence after which ``auto`` resets a latent: 1.25% of the run within [DEAD_MIN, 10% of
+    the run], at most DEAD_MAX, at least one batch: 25k for 2M tokens, 50k for 4M, 15k for 150k."""
+    return int(max(batch, min(DEAD_MAX, tokens // 10, max(DEAD_MIN, int(tokens * DEAD_FRACTION)))))
+
+
+def legacy_dead_window(tokens: int, batch: int) -> int:
+    """10% of the run within [one batch, DEAD_MAX]: the window of every run recorded with ``dead_window`` 0
+    (before the seventeenth session, 2026-12-02), and still the default of variants that reset nothing
+    (their training log's dead fraction and TopK's auxK count dead latents; no evidence to move them)."""
+    return min(DEAD_MAX, max(batch, tokens // 10))
+
+
+def default_dead_window(variant: str, tokens: int, batch: int) -> int:
+    """``--dead-window`` 0: auto_dead_window for variants that reset dead latents, else the legacy 10%."""
+    try:
+        resets = resets_latents(variant)
+    except SagsaeError:  # an unknown variant: validate() says so
+        resets = False
+    return auto_dead_window(tokens, batch) if resets else legacy_dead_window(tokens, batch)
+
+
 def auto_batch(tokens: int) -> int:
     """The largest power of two <= tokens / TARGET_STEPS, clamped to [MIN_BATCH, MAX_BATCH]."""
     want = max(1, tokens // TARGET_STEPS)
@@ -178,6 +222,13 @@ def auto_threshold_lr_mult(lr: float, steps: int) -> float:
     """The multiple of ``lr`` at which log thresholds learn under ``auto``: THRESHOLD_BUDGET / (steps x lr)
     within [1, 10] (10 is the paper's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
     return min(10.0, max(1.0, THRESHOLD_BUDGET / (max(steps, 1) * lr)))
+
+
+# TrainConfig's auto settings (0 on the command line): how each is derived from the rest of the config
+_AUTO = {
+    "threshold_lr_mult": lambda c: auto_threshold_lr_mult(c.lr, c.steps),
+    "dead_window": lambda c: default_dead_window(c.variant, c.tokens, c.batch),
+}
 
 
 def resolve_batch_lr(tokens: int, batch: str | int, lr: str | float) -> tuple[int, float]:
@@ -264,9 +315,12 @@ class Run:
             ours, recorded = _identity(mine), _identity(theirs)
             if recorded != ours:
                 diff = sorted(k for k in ours if recorded.get(k) != ours[k])
+                shown = "; ".join(
+                    f"{k} {_brief(recorded.get(k))} there, {_brief(ours[k])} now" for k in diff[:3]
+                )
                 raise SagsaeError(
-                    f"{self.dir} holds a run with a different config ({', '.join(diff)} differ): "
-                    "pass --force to overwrite it, or choose another --out"
+                    f"{self.dir} holds a run with a different config ({shown}{'; ...' if len(diff) > 3 else ''}): "
+                    "pass the same settings to resume it, --force to overwrite it, or choose another --out"
                 )
             return (self._load() if self.ckpt.exists() else None), (self.dir / SAE_WEIGHTS).exists()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -494,12 +548,20 @@ class RunLocks:
         self.fds.clear()
 
 
-# a setting added after a run was made is read as its default, so older runs still resume
-_DEFAULTS = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+# a setting added after a run was made is read as its default, so older runs still resume; a missing or 0
+# dead window means the rule of its day (legacy_dead_window), read by _identity
+_DEFAULTS = {**json.loads(json.dumps(asdict(TrainConfig()), default=str)), "dead_window": 0}
 
 
-# settings that change what a run reports, not what it computes: a resume may change them
-_BOOKKEEPING = ("log_every", "checkpoint_every")
+# settings that change what a run reports, not what it computes, and which settings were given as auto (the
+# values they took are compared): a resume may change them
+_BOOKKEEPING = ("log_every", "checkpoint_every", "auto")
+
+
+def _brief(value, limit: int = 60) -> str:
+    """A recorded setting as a refusal shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _identity(cfg: dict) -> dict:
@@ -509,6 +571,8 @@ def _identity(cfg: dict) -> dict:
     SA-GSAE at 3x is the same run at 10x; `auto` gives each budget its own multiple; they are never reset)."""
     unused = () if has_thresholds(cfg.get("variant", "sa-gsae")) else ("threshold_lr_mult", "reset_mode")
     kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING and k not in unused}
+    if not kept.get("dead_window"):  # recorded before the window was resolved into the record
+        kept["dead_window"] = legacy_dead_window(int(cfg["tokens"]), int(cfg["batch"]))
     return {**kept, "store": Location(cfg.get("store", "")).canonical()}
 
 
@@ -607,12 +671,32 @@ def train(
         locks.release()
 
 
+def plan(runs: list[Run], base: TrainConfig) -> str:
+    """One line on what a sweep is about to do: steps, batch, lr, and the threshold lr multiple and dead
+    window of the runs they apply to (marked auto where derived from the budget)."""
+
+    def shown(name: str, applies, fmt: str) -> str:
+        values = sorted({(getattr(r.cfg, name), name in r.cfg.auto) for r in runs if applies(r.cfg.variant)})
+        return ", ".join(fmt.format(v) + (" (auto)" if auto else "") for v, auto in values)
+
+    line = (
+        f"{len(runs)} run(s): {base.steps:,} steps of {base.batch:,} tokens ({base.tokens:,}), lr {base.lr:g}"
+    )
+    if mult := shown("threshold_lr_mult", has_thresholds, "{:.3g}x"):
+        line += f"; threshold lr {mult}"
+    if window := shown("dead_window", resets_latents, "{:,} silent tokens"):
+        line += f"; dead-latent reset after {window}"
+    return line
+
+
 def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_project) -> list[Path]:
     """The one pass over the data that feeds every unfinished run of a sweep."""
     todo = [r for r in runs if not r.done]
     if not todo:
         return [r.dir for r in runs]
     loggers = _wandb_runs(wandb_project, todo) if wandb_project and world.main else {}
+    if world.main and not quiet:
+        console.print(plan(todo, base), highlight=False)
     stop = _StopFlag()
     start = min(r.step for r in todo)
     total = base.steps * base.batch

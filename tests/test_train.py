@@ -212,6 +212,62 @@ def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
     assert "reset_mode" in p.stderr and "different config" in p.stderr
 
 
+def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
+    """--dead-window 0: 1.25% of the run within [25k, 10% of the run], at most 10M, for variants that
+    reset dead latents; the others keep 10% (hand-computed cases). Derived again when a sweep replaces
+    the variant or the budget. A record from before (0, or no key) reads as 10%: the same run where the
+    rules agree, another config (named, with both values) where they do not."""
+    from dataclasses import asdict, replace
+    from types import SimpleNamespace
+
+    from sagsae_cli.train import _DEFAULTS, _identity, plan
+
+    sa = TrainConfig(variant="sa-gsae", tokens=2_000_000, batch=128, lr=2e-3)
+    assert sa.dead_window == 25_000 and sa.auto == ("dead_window", "threshold_lr_mult")
+    assert TrainConfig(variant="sa-gsae", tokens=4_000_000, batch=256).dead_window == 50_000
+    assert TrainConfig(variant="sa-gsae", tokens=150_000, batch=128).dead_window == 15_000  # 10% < 25k
+    assert TrainConfig(variant="sa-gsae", tokens=10**9, batch=4096).dead_window == 10_000_000  # 12.5M -> 10M
+    assert TrainConfig(variant="sa-gsae", tokens=1000, batch=512).dead_window == 512  # at least one batch
+    for other in ("gated", "no-reset", "topk", "jumprelu"):
+        assert TrainConfig(variant=other, tokens=2_000_000, batch=128, k=8).dead_window == 200_000, other
+    assert TrainConfig(variant="sa-gsae", tokens=2_000_000, batch=128, dead_window=7_000).dead_window == 7_000
+    # dataclasses.replace derives the auto settings again (it used to keep the first run's values)
+    gated = replace(sa, variant="gated")
+    assert gated.dead_window == 200_000
+    short = replace(sa, tokens=150_000)
+    assert (short.dead_window, short.threshold_lr_mult) == (15_000, 10.0)
+    given = TrainConfig(
+        variant="sa-gsae", tokens=2_000_000, batch=128, dead_window=7_000, threshold_lr_mult=3
+    )
+    assert given.auto == () and replace(given, tokens=10**6).dead_window == 7_000
+    # what train prints before it starts: the windows of the runs that reset (Gated's 10% is not one)
+    line = plan([SimpleNamespace(cfg=c) for c in (sa, gated, given)], sa)
+    assert line.startswith("3 run(s): 15,625 steps of 128 tokens (2,000,000), lr 0.002"), line
+    assert (
+        "threshold lr 3x, 3.2x (auto)" in line
+        and "after 7,000 silent tokens, 25,000 silent tokens (auto)" in line
+    )
+    assert "200,000" not in line
+    # records of older versions
+    mine = json.loads(json.dumps(asdict(sa)))
+    for old in ({**mine, "dead_window": 0}, {k: v for k, v in mine.items() if k != "dead_window"}):
+        theirs = _identity({**_DEFAULTS, **old})
+        assert theirs["dead_window"] == 200_000 and _identity(mine)["dead_window"] == 25_000
+    assert _identity({**mine, "auto": []}) == _identity(mine)  # how a setting was given is not the run
+    # a small run recorded with 0 resumes (10% = the new rule there); the budget's 6 steps give 600 tokens
+    args = _train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "sa-gsae"})
+    run_cli(*args, check=0)
+    run = tmp_path / "sa-gsae-w32-l1_0.3-s0"
+    record = json.loads((run / "train_cfg.json").read_text())
+    assert record["dead_window"] == 600 and record["auto"] == ["dead_window", "threshold_lr_mult"]
+    (run / "train_cfg.json").write_text(json.dumps({**record, "dead_window": 0}))
+    weights = (run / "sae_weights.safetensors").read_bytes()
+    run_cli(*args, check=0)  # finished: skipped
+    assert (run / "sae_weights.safetensors").read_bytes() == weights
+    p = run_cli(*args, "--dead-window", "100", check=2)
+    assert "dead_window 600 there, 100 now" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_schedules():
     cfg = TrainConfig(tokens=100 * 4096, batch=4096, warmup_steps=1000)
     assert lr_factor(0, cfg) == pytest.approx(0.1)  # warm-up capped at 10% of a short run

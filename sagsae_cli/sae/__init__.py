@@ -46,6 +46,12 @@ def has_thresholds(name: str) -> bool:
     return bool(CLASSES[ARCHITECTURES[resolve(name)][0]].threshold_params)
 
 
+def resets_latents(name: str) -> bool:
+    """Whether a variant resets latents silent for the dead window (SA-GSAE's family but ``no-reset``)."""
+    arch, overrides = ARCHITECTURES[resolve(name)]
+    return CLASSES[arch].resets and overrides.get("reset", True)
+
+
 def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     """The SAE registered as ``name``, with its overrides applied to ``cfg``, initialised from ``seed``."""
     key = resolve(name)
@@ -56,4 +62,14 @@ def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     return sae
 
 
-__all__ = ["ARCHITECTURES", "SAE", "Output", "SAEConfig", "build_sae", "knob", "load_sae", "resolve"]
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "Output",
+    "SAEConfig",
+    "build_sae",
+    "knob",
+    "load_sae",
+    "resets_latents",
+    "resolve",
+]

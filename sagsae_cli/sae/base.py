@@ -64,6 +64,7 @@ class SAE(nn.Module):
 
     saelens_architecture = "standard"
     threshold_params: tuple[str, ...] = ()  # trained at the threshold lr multiple (TrainConfig)
+    resets = False  # whether reset_latents revives dead latents (with SAEConfig.reset)
     knob = "l1"  # the sweep coefficient: "l1" (lambda, passed to forward as ``coef``) or "k" (TopK)
     terms: tuple[str, ...] = ("mse", "sparsity")  # the loss terms forward() may return, in a fixed order
 

@@ -27,6 +27,7 @@ from sagsae_cli.sae.gating import GatedFamily, gate_code
 class SignAwareSAE(GatedFamily):
     saelens_architecture = "sa-gsae"
     threshold_params = ("log_threshold", "log_threshold_neg")
+    resets = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
