@@ -114,12 +114,14 @@ class TrainConfig:
 
     @property
     def reset_until(self) -> int:
-        """The first step at which dead latents are no longer reset: where the lr decay starts, or one
-        dead window before the end if that comes first. A latent reset later has no time to raise its
-        threshold again (with ``--lr-decay 0`` latents reset near the end kept thresholds near theta_0 and
-        fired on 35-84% of the tokens at the last step; docs/METHOD.md §4)."""
+        """The first step at which dead latents are no longer reset: where the lr decay starts, one dead
+        window before the end, or RESET_FREE_TAIL of the run before the end, whichever comes first. A
+        latent reset later has no time to raise its threshold again (with ``--lr-decay 0`` latents reset
+        near the end kept thresholds near theta_0 and fired on 35-84% of the tokens at the last step; a
+        25k-token window at a constant lr left attn_out 0.04 R² under its frontier; docs/METHOD.md §4)."""
         window = math.ceil(self.dead_tokens / self.batch)
-        return max(0, min(int(self.steps * (1 - self.decay_frac)), self.steps - window))
+        tail = max(window, math.ceil(self.steps * RESET_FREE_TAIL))
+        return max(0, min(int(self.steps * (1 - self.decay_frac)), self.steps - tail))
 
     @property
     def run_id(self) -> str:
@@ -188,6 +190,9 @@ FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE 
 # superposition store 50k of 4M found every axis that 400k left missing; on SmolLM2 resid_mid, mlp_out and
 # attn_out 25k of 2M cost no R² and left fewer latents dead (docs/METHOD.md §8). Short runs keep 10%.
 DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
+RESET_FREE_TAIL = (
+    0.1  # no resets in the final 10% of a run at least (the old window's span), whatever the window
+)
 
 
 def auto_dead_window(tokens: int, batch: int) -> int:

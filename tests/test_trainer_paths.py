@@ -154,6 +154,13 @@ def test_without_an_lr_decay_resets_stop_one_dead_window_before_the_end(store, t
     # with the default decay the decay still decides (20% of 40 steps: no reset from step 32 on)
     run2, _, _ = _run(store, tmp_path / "b", dead_window=2000)
     assert run2.cfg.reset_until == 32
+    # a shorter window still leaves the final 10% free of resets (a 1-step window: from step 36 on), a
+    # longer one its own length (16 steps: from step 24 on)
+    for window, until in ((500, 36), (8000, 24)):
+        cfg = TrainConfig(
+            store=str(store), width=24, tokens=20_000, batch=500, dead_window=window, decay_frac=0.0
+        )
+        assert cfg.reset_until == until, window
 
 
 def test_non_finite_steps_are_found_later_without_a_sync_and_named_exactly(store, tmp_path):
