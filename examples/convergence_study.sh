@@ -60,11 +60,13 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
   esac
 }
 
-dead() {  # the tables of docs/METHOD.md §8 were measured with the dead window of their day, 10% of the run:
-  # kept here (so reruns reproduce them and resume their runs) unless a candidate sets its own
+# the tables of docs/METHOD.md §8 were measured with the dead window of their day, 10% of the run: kept
+# (so reruns reproduce them and resume their runs) unless a candidate sets its own
+OLD_WINDOW=$(python -c "from sagsae_cli.cli import _tokens; print(_tokens('$TOKENS') // 10)")
+dead() {
   case "$(flags "$1")" in
     *--dead-window*) ;;
-    *) echo "--dead-window $(python -c "from sagsae_cli.cli import _tokens; print(_tokens('$TOKENS') // 10)")" ;;
+    *) echo "--dead-window $OLD_WINDOW" ;;
   esac
 }
 

@@ -109,17 +109,13 @@ class TrainConfig:
         return max(1, math.ceil(self.tokens / self.batch))
 
     @property
-    def dead_tokens(self) -> int:
-        return self.dead_window
-
-    @property
     def reset_until(self) -> int:
         """The first step at which dead latents are no longer reset: where the lr decay starts, one dead
         window before the end, or RESET_FREE_TAIL of the run before the end, whichever comes first. A
         latent reset later has no time to raise its threshold again (with ``--lr-decay 0`` latents reset
         near the end kept thresholds near theta_0 and fired on 35-84% of the tokens at the last step; a
         25k-token window at a constant lr left attn_out 0.04 R² under its frontier; docs/METHOD.md §4)."""
-        window = math.ceil(self.dead_tokens / self.batch)
+        window = math.ceil(self.dead_window / self.batch)
         tail = max(window, math.ceil(self.steps * RESET_FREE_TAIL))
         return max(0, min(int(self.steps * (1 - self.decay_frac)), self.steps - tail))
 
@@ -190,9 +186,8 @@ FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE 
 # superposition store 50k of 4M found every axis that 400k left missing; on SmolLM2 resid_mid, mlp_out and
 # attn_out 25k of 2M cost no R² and left fewer latents dead (docs/METHOD.md §8). Short runs keep 10%.
 DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
-RESET_FREE_TAIL = (
-    0.1  # no resets in the final 10% of a run at least (the old window's span), whatever the window
-)
+# no resets in the final 10% of a run at least (the old window's span), whatever the window
+RESET_FREE_TAIL = 0.1
 
 
 def auto_dead_window(tokens: int, batch: int) -> int:
@@ -276,7 +271,7 @@ class Run:
             locks.take(self.dir)
         sae_cfg = SAEConfig(
             architecture="", d_in=d_in, d_sae=cfg.width, l1=cfg.l1, k=cfg.k, theta0=cfg.theta0,
-            alpha=cfg.aux_coef, dead_tokens=cfg.dead_tokens, extra=dict(cfg.extra),
+            alpha=cfg.aux_coef, dead_tokens=cfg.dead_window, extra=dict(cfg.extra),
         )  # fmt: skip
         self.sae: SAE = build_sae(cfg.variant, sae_cfg, seed=cfg.seed)
         self.sae.init_b_dec(sample)
@@ -483,7 +478,7 @@ class Run:
         """Reset latents silent for the dead window (masked fills: no host sync, a no-op when none is),
         pointing them at this batch's residual under ``--reset-mode residual``; their Adam moments
         are cleared along each touched parameter's latent dimension."""
-        mask = self.sae.dead_mask(self.cfg.dead_tokens)
+        mask = self.sae.dead_mask(self.cfg.dead_window)
         touched = self.sae.reset_latents(mask, residual)
         params = dict(self.sae.named_parameters())
         for name, dim in touched.items():
@@ -506,7 +501,7 @@ class Run:
             **{k: float(v) for k, v in result["terms"].items()},
             "l0": float(result["l0"]),
             "r2": r2.value(),
-            "dead_frac": float(self.sae.dead_mask(self.cfg.dead_tokens).float().mean()),
+            "dead_frac": float(self.sae.dead_mask(self.cfg.dead_window).float().mean()),
             "neg_frac": float((f < 0).sum() / (f != 0).sum().clamp_min(1)),
         }
         if hasattr(self.sae, "log_threshold"):
