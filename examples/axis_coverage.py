@@ -26,12 +26,13 @@ from sagsae_cli.metrics import axis_coverage
 
 
 def coverage(run: Path, eval_tokens: int) -> list[dict]:
-    truth = run_store(run).truth()
+    store = run_store(run)
+    truth = store.truth()
     if truth is None:
         raise SagsaeError(f"{run}'s store has no ground truth: axis coverage needs a synthetic store")
     axes, paired = torch.from_numpy(truth["axes"]), torch.from_numpy(truth["paired"]).bool()
     out = []
-    for _, sae, tokens, rows in snapshots_on_held_out(run, eval_tokens):
+    for _, sae, tokens, rows in snapshots_on_held_out(run, eval_tokens, store):
         with torch.no_grad():
             live = (sae.encode(rows) != 0).any(0)
         label = "final" if tokens is None else f"{tokens:,}"

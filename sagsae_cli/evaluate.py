@@ -212,11 +212,12 @@ def run_store(run_dir: Path):
     return open_store(path)
 
 
-def snapshots_on_held_out(run_dir: Path, eval_tokens: int):
+def snapshots_on_held_out(run_dir: Path, eval_tokens: int, store=None):
     """(snapshot dir, its SAE, tokens or None for the final SAE, held-out rows) for every snapshot of a
     run and then the run itself, all on the same first ``eval_tokens`` eval rows of its store (the
-    probes in examples/ read a run's history this way)."""
-    run_dir, store, rows = Path(run_dir), run_store(run_dir), None
+    probes in examples/ read a run's history this way; ``store``: the run's store, if already open)."""
+    run_dir, rows = Path(run_dir), None
+    store = run_store(run_dir) if store is None else store
     for snap in [*snapshot_dirs(run_dir), run_dir]:
         sae, _ = load_sae(snap)
         if rows is None:

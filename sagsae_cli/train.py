@@ -94,15 +94,17 @@ class TrainConfig:
     store: str = ""
     extra: dict = field(default_factory=dict)
 
-    # settings given as 0 = auto, derived from the run in __post_init__ (so train_cfg.json records what was used)
-    # and again when dataclasses.replace changes the run (a sweep's variant, a longer --tokens)
-    auto: tuple[str, ...] = ()
+    # settings given as 0 = auto and the values they took: derived from the run in __post_init__ (so
+    # train_cfg.json records what was used) and again when dataclasses.replace changes the run (a sweep's
+    # variant, a longer --tokens); a setting that replace gives a value of its own is no longer auto
+    auto: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        auto = tuple(sorted({*self.auto, *(n for n in _AUTO if getattr(self, n) <= 0)}))
-        object.__setattr__(self, "auto", auto)
-        for name in auto:
+        took = dict(self.auto)
+        names = [n for n in _AUTO if getattr(self, n) <= 0 or (n in took and getattr(self, n) == took[n])]
+        for name in names:
             object.__setattr__(self, name, _AUTO[name](self))
+        object.__setattr__(self, "auto", {n: getattr(self, n) for n in sorted(names)})
 
     @property
     def steps(self) -> int:

@@ -223,7 +223,7 @@ def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
     from sagsae_cli.train import _DEFAULTS, _identity, plan
 
     sa = TrainConfig(variant="sa-gsae", tokens=2_000_000, batch=128, lr=2e-3)
-    assert sa.dead_window == 25_000 and sa.auto == ("dead_window", "threshold_lr_mult")
+    assert sa.dead_window == 25_000 and sa.auto == {"dead_window": 25_000, "threshold_lr_mult": 3.2}
     assert TrainConfig(variant="sa-gsae", tokens=4_000_000, batch=256).dead_window == 50_000
     assert TrainConfig(variant="sa-gsae", tokens=150_000, batch=128).dead_window == 15_000  # 10% < 25k
     assert TrainConfig(variant="sa-gsae", tokens=10**9, batch=4096).dead_window == 10_000_000  # 12.5M -> 10M
@@ -239,7 +239,12 @@ def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
     given = TrainConfig(
         variant="sa-gsae", tokens=2_000_000, batch=128, dead_window=7_000, threshold_lr_mult=3
     )
-    assert given.auto == () and replace(given, tokens=10**6).dead_window == 7_000
+    assert given.auto == {} and replace(given, tokens=10**6).dead_window == 7_000
+    # a value of its own given to an auto setting by replace stays, through later replaces too
+    pinned = replace(sa, dead_window=7_000)
+    assert pinned.dead_window == 7_000 and pinned.auto == {"threshold_lr_mult": 3.2}
+    longer = replace(pinned, tokens=4_000_000)
+    assert (longer.dead_window, longer.threshold_lr_mult) == (7_000, 1.6)
     # what train prints before it starts: the windows of the runs that reset (Gated's 10% is not one)
     line = plan([SimpleNamespace(cfg=c) for c in (sa, gated, given)], sa)
     assert line.startswith("3 run(s): 15,625 steps of 128 tokens (2,000,000), lr 0.002"), line
@@ -253,13 +258,13 @@ def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
     for old in ({**mine, "dead_window": 0}, {k: v for k, v in mine.items() if k != "dead_window"}):
         theirs = _identity({**_DEFAULTS, **old})
         assert theirs["dead_window"] == 200_000 and _identity(mine)["dead_window"] == 25_000
-    assert _identity({**mine, "auto": []}) == _identity(mine)  # how a setting was given is not the run
+    assert _identity({**mine, "auto": []}) == _identity(mine) == _identity({**mine, "auto": ["dead_window"]})  # how a setting was given is not the run
     # a small run recorded with 0 resumes (10% = the new rule there); the budget's 6 steps give 600 tokens
     args = _train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "sa-gsae"})
     run_cli(*args, check=0)
     run = tmp_path / "sa-gsae-w32-l1_0.3-s0"
     record = json.loads((run / "train_cfg.json").read_text())
-    assert record["dead_window"] == 600 and record["auto"] == ["dead_window", "threshold_lr_mult"]
+    assert record["dead_window"] == 600 and record["auto"] == {"dead_window": 600, "threshold_lr_mult": 10.0}
     (run / "train_cfg.json").write_text(json.dumps({**record, "dead_window": 0}))
     weights = (run / "sae_weights.safetensors").read_bytes()
     run_cli(*args, check=0)  # finished: skipped
