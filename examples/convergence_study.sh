@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1 b256-auto b256-auto-s1}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1 b256-auto b256-auto-s1 b256-auto-s2 b256-auto-s3 b256-auto-lr4e-3}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -56,6 +56,10 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     b256-dw50k-s1) echo "--batch 256 --lr 2e-3 --threshold-lr-mult 3 --dead-window 50k --seeds 1" ;;
     b256-auto) echo "--batch 256 --lr 2e-3 --dead-window 0" ;;  # today's defaults for 4M tokens (3.2x, a 50k window)
     b256-auto-s1) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 1" ;;
+    b256-auto-s2) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 2" ;;
+    b256-auto-s3) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 3" ;;
+    # twice the base lr (the threshold multiple, auto, halves: log theta's own rate stays 6.4e-3)
+    b256-auto-lr4e-3) echo "--batch 256 --lr 4e-3 --dead-window 0" ;;
     *) "$1"_flags ;;
   esac
 }
