@@ -293,8 +293,9 @@ def train(
     ),
     reset_mode: str = typer.Option(
         "threshold",
-        help="What a dead-latent reset does: threshold (the paper's: theta_0, b_gate 0) or residual (also "
-        "point the latent at the batch's worst-reconstructed token; docs/METHOD.md §4).",
+        help="What a dead-latent reset does: threshold (the paper's: theta_0, b_gate 0), residual (also "
+        "point the latent at the batch's worst-reconstructed token) or quantile (keep its direction, reopen "
+        "it on as many of the batch's tokens as the average latent fires on); docs/METHOD.md §4.",
     ),
     data_seed: int = typer.Option(0, help="Seed of the batch order (shared by the sweep)."),
     data_shards: int = typer.Option(

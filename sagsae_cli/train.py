@@ -85,7 +85,9 @@ class TrainConfig:
     theta0: float = 1e-3
     aux_coef: float = 1.0  # alpha of the gated / sa-gsae auxiliary term (the no-aux variant forces 0)
     dead_window: int = 0  # tokens; 0 = default_dead_window (resolved in __post_init__)
-    reset_mode: str = "threshold"  # "residual": a reset latent also points at a poorly reconstructed token
+    reset_mode: str = (
+        "threshold"  # "residual": also point at a poorly reconstructed token; "quantile": reopen sparse
+    )
     checkpoint_every: int = 1000  # steps
     snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
     adam_beta1: float = 0.0
@@ -139,8 +141,8 @@ class TrainConfig:
             raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
         if self.init_decoder not in ("random", "data"):
             raise SagsaeError(f"--init-decoder is random or data (got {self.init_decoder!r})")
-        if self.reset_mode not in ("threshold", "residual"):
-            raise SagsaeError(f"--reset-mode is threshold or residual (got {self.reset_mode!r})")
+        if self.reset_mode not in RESET_MODES:
+            raise SagsaeError(f"--reset-mode is {', '.join(RESET_MODES)} (got {self.reset_mode!r})")
         if knob(self.variant) == "k" and not 0 < self.k <= self.width:
             raise SagsaeError(f"{self.variant} needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or self.lr <= 0:
@@ -190,6 +192,10 @@ FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE 
 DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
 # no resets in the final 10% of a run at least (the old window's span), whatever the window
 RESET_FREE_TAIL = 0.1
+
+# what a dead-latent reset does (docs/METHOD.md §4): the paper's (theta_0, b_gate 0), also pointing the latent
+# at the batch's worst-reconstructed token, or reopening it where it fires on a few of the batch's tokens
+RESET_MODES = ("threshold", "residual", "quantile")
 
 
 def auto_dead_window(tokens: int, batch: int) -> int:
@@ -404,7 +410,13 @@ class Run:
         apply_update(sae, self.opt, cfg.clip)
         sae.update_fired(fired_any, n_total)
         if self.step < cfg.reset_until:
-            self._reset_dead(x.float() - x_hat if cfg.reset_mode == "residual" and n else None)
+            residual = x.float() - x_hat if cfg.reset_mode == "residual" and n else None
+            opening = (
+                sae.opening_thresholds(x, active / cfg.width)
+                if cfg.reset_mode == "quantile" and n and sae.resets
+                else None
+            )
+            self._reset_dead(residual, opening)
         l0_global = active.double() / max(n_total, 1)  # float64, as the host division it replaces
         if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
             self.check_finite()  # the controller reads L0 on the host every step anyway
@@ -476,12 +488,13 @@ class Run:
         return n_total, mean[1], sums[len(scalars) :] > 0, sums[2], out_terms
 
     @torch.no_grad()
-    def _reset_dead(self, residual: torch.Tensor | None = None) -> None:
+    def _reset_dead(self, residual: torch.Tensor | None = None, opening: torch.Tensor | None = None) -> None:
         """Reset latents silent for the dead window (masked fills: no host sync, a no-op when none is),
-        pointing them at this batch's residual under ``--reset-mode residual``; their Adam moments
-        are cleared along each touched parameter's latent dimension."""
+        pointing them at this batch's residual under ``--reset-mode residual`` or reopening them at
+        ``opening`` under ``quantile``; their Adam moments are cleared along each touched parameter's
+        latent dimension."""
         mask = self.sae.dead_mask(self.cfg.dead_window)
-        touched = self.sae.reset_latents(mask, residual)
+        touched = self.sae.reset_latents(mask, residual, opening)
         params = dict(self.sae.named_parameters())
         for name, dim in touched.items():
             at = mask.view([-1 if i == dim else 1 for i in range(params[name].dim())])
@@ -610,10 +623,11 @@ def train(
     shards = base.data_shards or world.size
     if world.active and shards != world.size:
         raise SagsaeError(f"--data-shards {shards} must equal the number of processes ({world.size}) or be 0")
-    if world.active and any(c.reset_mode == "residual" for c in cfgs):
+    local = sorted({c.reset_mode for c in cfgs} - {"threshold"})
+    if world.active and local:
         raise SagsaeError(
-            "--reset-mode residual runs in one process only (each process would point latents at its own "
-            "tokens): train without torchrun, or with --reset-mode threshold"
+            f"--reset-mode {local[0]} runs in one process only (each process would reset latents from its "
+            "own tokens): train without torchrun, or with --reset-mode threshold"
         )
     if base.batch % shards:
         raise SagsaeError(f"--batch {base.batch} must divide evenly into {shards} shards")

@@ -68,7 +68,7 @@ TRAIN = ["train", "--width", 12, "--tokens", "6k", "--batch", 500, "--quiet"]
         ([*TRAIN, "--lr", "nan"], ["--lr"]),
         ([*TRAIN, "--threshold-lr-mult", "0"], ["--threshold-lr-mult", "auto"]),
         ([*TRAIN, "--threshold-lr-mult", "fast"], ["--threshold-lr-mult", "auto"]),
-        ([*TRAIN, "--reset-mode", "resample"], ["--reset-mode", "threshold or residual"]),
+        ([*TRAIN, "--reset-mode", "resample"], ["--reset-mode", "threshold, residual, quantile"]),
         ([*TRAIN, "--l1-warmup", 2], ["--l1-warmup"]),
         (["eval", "RUN", "--eval-tokens", 0], ["--eval-tokens"]),
         (["eval", "RUN", "--bipolar-threshold", 2], ["--bipolar-threshold"]),

@@ -296,6 +296,37 @@ def test_residual_reset_points_reset_latents_at_the_worst_tokens(name):
     assert (make("one-sided").encode(x_batch()) >= 0).all()
 
 
+def test_quantile_reset_reopens_a_latent_on_its_best_tokens():
+    """--reset-mode quantile: a reset latent keeps its direction and gets a threshold halfway between
+    the k-th and (k + 1)-th largest |u_i| of the batch (b_gate 0), so it fires on exactly its k
+    best-matching tokens (k at least 1, at most rows - 1); at least theta_0; the others keep theirs."""
+    sae = make("sa-gsae")
+    x = torch.tensor([[0.5, -4.0], [3.0, 0.1], [-2.0, 1.0], [1.0, -0.2], [-0.25, 2.5]])
+    x = torch.cat([x, torch.zeros(5, D - 2)], 1)
+    with torch.no_grad():  # latent i reads coordinate i % 2 of x: u_i = x[:, i % 2]
+        sae.W_enc.zero_()
+        sae.W_enc[0, 0::2], sae.W_enc[1, 1::2] = 1.0, 1.0
+        sae.b_dec.zero_()
+        sae.r_mag.zero_()
+        sae.b_mag.zero_()
+    before = sae.log_threshold.detach().clone()
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[[0, 3, 6]] = True
+    opening = sae.opening_thresholds(x, torch.tensor(2.0))
+    # |x[:, 0]| sorted: 3, 2, 1, 0.5, 0.25 -> halfway between 2 and 1; |x[:, 1]|: 4, 2.5, 1, 0.2, 0.1
+    assert torch.allclose(opening, torch.tensor([1.5, 1.75] * (N // 2)))
+    for fires, want in ((1.4, [2.5, 3.25]), (0.0, [2.5, 3.25]), (9.0, [0.375, 0.15])):
+        assert torch.allclose(sae.opening_thresholds(x, torch.tensor(fires))[:2], torch.tensor(want)), fires
+    assert (sae.opening_thresholds(torch.zeros(4, D), torch.tensor(1.0)) == 1e-3).all()  # theta_0 floor
+    assert sae.reset_latents(mask, opening=opening) == {"log_threshold": 0, "b_gate": 0}
+    assert torch.allclose(sae.log_threshold[mask].exp(), torch.tensor([1.5, 1.75, 1.5]))
+    assert (sae.b_gate[mask] == 0).all()
+    assert torch.equal(sae.log_threshold[~mask], before[~mask])
+    fires = (sae.encode(x) != 0).sum(0)
+    assert fires[mask].tolist() == [2, 2, 2]
+    assert make("no-reset").reset_latents(mask, opening=opening) == {}
+
+
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_save_load_exact_and_folded_export(tmp_path, name):
     sae = make(name)

@@ -137,6 +137,48 @@ def test_residual_resets_point_dead_latents_at_the_batchs_worst_tokens(store, tm
     assert not (tmp_path / "tr").exists()
 
 
+def test_quantile_resets_reopen_dead_latents_at_the_average_firing_count(store, tmp_path, monkeypatch):
+    """--reset-mode quantile: a latent reset at a step keeps its direction and gets, as threshold, the
+    midpoint of the k-th and (k + 1)-th largest |u_i| of that batch under the updated encoder, k = the
+    batch's active count over the width (rounded), so it fires on k of those tokens; everything else
+    moves exactly as under the paper's theta_0 reset."""
+    auto = torch.autocast("cpu", enabled=False)
+    runs = {}
+    for mode in ("threshold", "quantile"):
+        run, s, sample = _run(store, tmp_path / mode, dead_window=1000, reset_mode=mode)
+        with torch.no_grad():
+            run.sae.log_threshold[:3] = math.log(1e6)  # latents 0-2 can never fire
+        run.train_step(sample[:500], auto)
+        x = sample[500:1000]
+        out = run.train_step(x, auto)  # 1000 silent tokens: latents 0-2 are reset after this update
+        runs[mode] = (run, x, out)
+    (plain, _, plain_out), (reopened, x, out) = runs["threshold"], runs["quantile"]
+    k = round(float(out["l0"]) * 500 / 24)
+    assert k >= 1
+    with torch.no_grad():
+        u = ((x - reopened.sae.b_dec) @ reopened.sae.W_enc)[:, :3].abs()
+    ranked = [sorted(col, reverse=True) for col in u.T.tolist()]
+    expected = torch.tensor([(col[k - 1] + col[k]) / 2 for col in ranked])
+    assert torch.allclose(reopened.sae.log_threshold[:3].exp(), expected, rtol=1e-5)
+    assert torch.allclose(plain.sae.log_threshold[:3].exp(), torch.full((3,), 1e-3))
+    with torch.no_grad():
+        fires = (reopened.sae.encode(x)[:, :3] != 0).sum(0)
+    assert fires.tolist() == [k] * 3  # its k best tokens (the sweep's average count), not all 500
+    for name, p in plain.sae.named_parameters():
+        q = dict(reopened.sae.named_parameters())[name]
+        if name == "log_threshold":
+            assert torch.equal(q[3:], p[3:])
+        else:
+            assert torch.equal(q, p), name
+    assert float(plain_out["l0"]) == float(out["l0"])
+    # torchrun would reopen each process's latents on its own tokens: refused before any work
+    world = type("W", (_World,), {"active": True, "size": 2})()
+    monkeypatch.setattr("sagsae_cli.train.init_world", lambda dev: world)
+    cfg = TrainConfig(store=str(store), width=24, tokens=20_000, batch=500, reset_mode="quantile")
+    with pytest.raises(SagsaeError, match="quantile runs in one process only"):
+        train([cfg], tmp_path / "tr", quiet=True)
+
+
 def test_without_an_lr_decay_resets_stop_one_dead_window_before_the_end(store, tmp_path):
     """--lr-decay 0 leaves no final phase without resets: they now stop one dead window before the end
     (40 steps of 500, a window of 2,000 tokens = 4 steps: the last reset at step 35), so a latent reset

@@ -164,10 +164,13 @@ class SAE(nn.Module):
     def dead_mask(self, window: int | None = None) -> torch.Tensor:
         return self.tokens_since_fired >= (window or self.cfg.dead_tokens)
 
-    def reset_latents(self, mask: torch.Tensor, residual: torch.Tensor | None = None) -> dict[str, int]:
+    def reset_latents(
+        self, mask: torch.Tensor, residual: torch.Tensor | None = None, opening: torch.Tensor | None = None
+    ) -> dict[str, int]:
         """Reset dead latents (architectures that support it), given this batch's residual x - x_hat
-        when they should also be pointed at it; returns the parameters touched, each with its latent
-        dimension, whose optimiser moments the trainer clears at ``mask`` along it."""
+        when they should also be pointed at it, or per-latent thresholds to reopen them at
+        (``opening_thresholds``); returns the parameters touched, each with its latent dimension,
+        whose optimiser moments the trainer clears at ``mask`` along it."""
         return {}
 
     # --- bookkeeping --------------------------------------------------------------------------

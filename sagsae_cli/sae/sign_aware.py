@@ -69,7 +69,22 @@ class SignAwareSAE(GatedFamily):
             getattr(self, name).copy_(theta.clamp_min(1e-6).log())
 
     @torch.no_grad()
-    def reset_latents(self, mask: torch.Tensor, residual: torch.Tensor | None = None) -> dict[str, int]:
+    def opening_thresholds(self, x: torch.Tensor, fires: torch.Tensor) -> torch.Tensor:
+        """``--reset-mode quantile`` (ours, docs/METHOD.md §4): per latent, a threshold at which it
+        (with b_gate = 0) opens on k = ``fires`` rounded (1 to rows - 1) of the rows of ``x`` (a 0-dim
+        tensor, e.g. how many rows the average latent fired on in this batch; no host sync): halfway
+        between the k-th and (k + 1)-th largest |u_i| (so log/exp rounding cannot open one more), at
+        least theta_0. A latent reset there keeps its direction and fires on its best-matching tokens
+        at the average rate, instead of on every token as at theta_0."""
+        u = self.pre(x.float()).abs().sort(dim=0, descending=True).values
+        k = fires.round().long().clamp(1, max(u.shape[0] - 1, 1)).reshape(1, 1).expand(1, u.shape[1])
+        edge = (u.gather(0, k - 1) + u.gather(0, k.clamp(max=u.shape[0] - 1))) / 2
+        return edge[0].clamp_min(self.cfg.theta0)
+
+    @torch.no_grad()
+    def reset_latents(
+        self, mask: torch.Tensor, residual: torch.Tensor | None = None, opening: torch.Tensor | None = None
+    ) -> dict[str, int]:
         if not self.cfg.reset:
             return {}
         # masked fills, not mask.any() + indexing: no host sync per step (a no-op for an empty mask)
@@ -77,9 +92,12 @@ class SignAwareSAE(GatedFamily):
         pointed = residual is not None and residual.shape[0] > 0
         for name in names:
             log_theta = getattr(self, name)
-            # pointed at a token, a latent starts at the median threshold (a 0-dim tensor: no sync),
-            # sparse at once; at theta_0 it would open on every token until its threshold climbs
-            log_theta.masked_fill_(mask, log_theta.median() if pointed else math.log(self.cfg.theta0))
+            if opening is not None:  # reopened where it fires on a few tokens (opening_thresholds)
+                log_theta.copy_(torch.where(mask, opening.log().to(log_theta.dtype), log_theta))
+            else:
+                # pointed at a token, a latent starts at the median threshold (a 0-dim tensor: no sync),
+                # sparse at once; at theta_0 it would open on every token until its threshold climbs
+                log_theta.masked_fill_(mask, log_theta.median() if pointed else math.log(self.cfg.theta0))
         self.b_gate.masked_fill_(mask, 0.0)
         self.tokens_since_fired.masked_fill_(mask, 0)
         touched = {**dict.fromkeys(names, 0), "b_gate": 0}
