@@ -95,24 +95,28 @@ def test_dead_latents_are_reset_with_cleared_moments_but_not_in_the_final_20_per
     assert (run.sae.log_threshold[:3] == math.log(1e6)).all()
 
 
+def _reset_after_two_steps(store, tmp_path, mode):
+    """A run under ``--reset-mode mode`` whose latents 0-2 can never fire, trained two steps of 500
+    tokens with a 1,000-token dead window, so they are reset after the second update: (the run, the
+    second batch, the SAE before that step, that step's result)."""
+    run, _, sample = _run(store, tmp_path / mode, dead_window=1000, reset_mode=mode)
+    with torch.no_grad():
+        run.sae.log_threshold[:3] = math.log(1e6)
+    auto = torch.autocast("cpu", enabled=False)
+    run.train_step(sample[:500], auto)
+    x = sample[500:1000]
+    before = copy.deepcopy(run.sae)
+    return run, x, before, run.train_step(x, auto)
+
+
 def test_residual_resets_point_dead_latents_at_the_batchs_worst_tokens(store, tmp_path, monkeypatch):
     """--reset-mode residual: the latents reset at a step take the directions of that batch's
     worst-reconstructed tokens (x - x_hat before the update), with their W_dec/W_enc moments cleared;
     every other parameter moves exactly as under the paper's threshold-only reset."""
-    auto = torch.autocast("cpu", enabled=False)
-    runs = {}
-    for mode in ("threshold", "residual"):
-        run, s, sample = _run(store, tmp_path / mode, dead_window=1000, reset_mode=mode)
-        with torch.no_grad():
-            run.sae.log_threshold[:3] = math.log(1e6)  # latents 0-2 can never fire
-        run.train_step(sample[:500], auto)
-        x = sample[500:1000]
-        ref = copy.deepcopy(run.sae)
-        with torch.no_grad():
-            x_hat = ref(x).x_hat
-        run.train_step(x, auto)  # 1000 silent tokens: latents 0-2 are reset after this update
-        runs[mode] = (run, x - x_hat)
-    (plain, _), (moved, residual) = runs["threshold"], runs["residual"]
+    plain = _reset_after_two_steps(store, tmp_path, "threshold")[0]
+    moved, x, before, _ = _reset_after_two_steps(store, tmp_path, "residual")
+    with torch.no_grad():
+        residual = x - before(x).x_hat
     worst = residual.pow(2).sum(1).topk(3).indices
     dirs = residual[worst] / residual[worst].norm(dim=1, keepdim=True)
     assert torch.allclose(moved.sae.W_dec[:3], dirs, atol=1e-6)
@@ -142,17 +146,8 @@ def test_quantile_resets_reopen_dead_latents_at_the_average_firing_count(store, 
     midpoint of the k-th and (k + 1)-th largest |u_i| of that batch under the updated encoder, k = the
     batch's active count over the width (rounded), so it fires on k of those tokens; everything else
     moves exactly as under the paper's theta_0 reset."""
-    auto = torch.autocast("cpu", enabled=False)
-    runs = {}
-    for mode in ("threshold", "quantile"):
-        run, s, sample = _run(store, tmp_path / mode, dead_window=1000, reset_mode=mode)
-        with torch.no_grad():
-            run.sae.log_threshold[:3] = math.log(1e6)  # latents 0-2 can never fire
-        run.train_step(sample[:500], auto)
-        x = sample[500:1000]
-        out = run.train_step(x, auto)  # 1000 silent tokens: latents 0-2 are reset after this update
-        runs[mode] = (run, x, out)
-    (plain, _, plain_out), (reopened, x, out) = runs["threshold"], runs["quantile"]
+    plain, _, _, plain_out = _reset_after_two_steps(store, tmp_path, "threshold")
+    reopened, x, _, out = _reset_after_two_steps(store, tmp_path, "quantile")
     k = round(float(out["l0"]) * 500 / 24)
     assert k >= 1
     with torch.no_grad():
