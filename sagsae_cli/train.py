@@ -85,9 +85,7 @@ class TrainConfig:
     theta0: float = 1e-3
     aux_coef: float = 1.0  # alpha of the gated / sa-gsae auxiliary term (the no-aux variant forces 0)
     dead_window: int = 0  # tokens; 0 = default_dead_window (resolved in __post_init__)
-    reset_mode: str = (
-        "threshold"  # "residual": also point at a poorly reconstructed token; "quantile": reopen sparse
-    )
+    reset_mode: str = "threshold"  # what a dead-latent reset does: one of RESET_MODES
     checkpoint_every: int = 1000  # steps
     snapshots: int = 8  # SAE-only snapshots at evenly spaced steps (for `eval --checkpoints`); 0 = none
     adam_beta1: float = 0.0
