@@ -1,7 +1,8 @@
 """Print the convergence study (examples/convergence_study.sh) as a Markdown table: per candidate,
 tokens to converge of SA-GSAE@H and Gated@2H (median and slowest over the sweep), their ratio, the
-slowest runs by the on-the-frontier definition (`compare.convergence`'s ``tokens_on_frontier``), and
-the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis. A candidate that trains
+slowest runs by the on-the-frontier and on-the-objective definitions (`compare.convergence`'s
+``tokens_on_frontier``, ``tokens_to_objective``; — for tables evaluated before eval recorded the
+objective), and the final comparison (worst gap, dead ratio) with SA-GSAE's latents per axis. A candidate that trains
 both architectures at several widths (b256-widths) also gets tokens to converge per width.
 
     python examples/convergence_table.py out/convergence
@@ -13,13 +14,22 @@ from pathlib import Path
 import pandas as pd
 
 
+def _slowest_pair(sa: pd.DataFrame, ga: pd.DataFrame, col: str = "tokens_to_objective") -> str:
+    """'SA slowest / Gated slowest (ratio)' of one convergence column, — where it was not recorded."""
+    if col not in sa or sa[col].isna().any() or ga[col].isna().any():
+        return "—"
+    a, b = sa[col].max(), ga[col].max()
+    return f"{a / 1e6:.2f}M / {b / 1e6:.2f}M ({a / b:.2f})"
+
+
 def main(root: str) -> None:
     print(
         "| candidate | SA ttc median | SA ttc slowest | Gated ttc median | Gated ttc slowest | ratio (slowest) "
         "| on the frontier: SA slowest / Gated slowest (ratio) "
+        "| on the objective: SA slowest / Gated slowest (ratio) "
         "| final worst gap | dead ratio | SA latents/axis (λ ascending) | λ |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     by_width = {}
     for cand in sorted(
         p for p in Path(root).iterdir() if (p / "results" / "compare" / "convergence.parquet").exists()
@@ -42,7 +52,7 @@ def main(root: str) -> None:
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} "
             f"| {sa.tokens_on_frontier.max() / 1e6:.2f}M / {ga.tokens_on_frontier.max() / 1e6:.2f}M "
-            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {gap} "
+            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {_slowest_pair(sa, ga)} | {gap} "
             f"| {dead} | {' / '.join(map(str, per_axis))} | {lams} |"
         )
 

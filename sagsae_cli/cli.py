@@ -512,6 +512,13 @@ def compare(
     _print_convergence(results, matched_l0, a, b, width_ratio)
 
 
+def _tokens_cells(tokens) -> tuple[str, str]:
+    """Median and slowest of a column of token counts, — where any is missing (NaN)."""
+    if tokens.isna().any():
+        return "—", "—"
+    return f"{tokens.median():,.0f}", f"{tokens.max():,.0f}"
+
+
 def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: int = 2) -> None:
     """Tokens to converge per run and the gap per snapshot, when `eval --checkpoints` has run."""
     from pathlib import Path
@@ -527,16 +534,18 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: i
     table = Table(
         title="convergence in tokens: until held-out R² stays within 0.005 and L0 within 10% of the run's final "
         "point (median, slowest), and until it stays on its sweep's final frontier (R² at most 0.005 below "
-        "it at the run's L0; moving along it counts as converged)"
+        "it at the run's L0; moving along it counts as converged), and until its held-out training objective "
+        "stays within 1% of its final value (— for tables evaluated before eval recorded it)"
     )
-    heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest", "of",
-             "finished")  # fmt: skip
+    heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest",
+             "objective median", "objective slowest", "of", "finished")  # fmt: skip
     for h in heads:
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
         table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), f"{g.tokens_to_converge.median():,.0f}",
                       f"{g.tokens_to_converge.max():,.0f}", f"{g.tokens_on_frontier.median():,.0f}",
-                      f"{g.tokens_on_frontier.max():,.0f}", f"{g.tokens_final.max():,}",
+                      f"{g.tokens_on_frontier.max():,.0f}", *_tokens_cells(g.tokens_to_objective),
+                      f"{g.tokens_final.max():,}",
                       f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
     try:

@@ -14,7 +14,13 @@ import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.files import atomic_write, read_parquet
-from sagsae_cli.metrics import dead_reduction, pareto_verdict, tokens_on_frontier, tokens_to_converge
+from sagsae_cli.metrics import (
+    dead_reduction,
+    pareto_verdict,
+    tokens_on_frontier,
+    tokens_to_converge,
+    tokens_to_objective,
+)
 
 POINT_KEYS = ["model", "hook", "variant", "width", "l1", "target_l0", "k"]
 
@@ -94,14 +100,18 @@ def _history(checkpoints: pd.DataFrame, final: pd.DataFrame | None) -> pd.DataFr
 
 
 def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2_tol: float = 0.005,
-                l0_tol: float = 0.1) -> pd.DataFrame:  # fmt: skip
+                l0_tol: float = 0.1, objective_tol: float = 0.01) -> pd.DataFrame:  # fmt: skip
     """Per run: tokens to converge (held-out R² within ``r2_tol`` of its final value and L0 within
     ``l0_tol`` of its final one from then on; ``metrics.tokens_to_converge``), with the final point,
     and ``tokens_on_frontier``: from when on the run stays on the final frontier of its sweep (the
     last points of the runs sharing its cell, variant, width and seed; ``metrics.tokens_on_frontier``),
-    which does not count moving along that frontier as unconverged. ``finished`` is False when the
-    run's last point is a snapshot (training still under way)."""
+    which does not count moving along that frontier as unconverged, and ``tokens_to_objective``: from
+    when on its held-out training objective stays within ``objective_tol`` (relative) of its final value
+    (``metrics.tokens_to_objective``; NaN for rows evaluated before eval recorded the objective).
+    ``finished`` is False when the run's last point is a snapshot (training still under way)."""
     history = _history(checkpoints, final)
+    if "objective" not in history:
+        history = history.assign(objective=float("nan"))
     lasts = history.groupby("run_dir").tail(1)
     rows = []
     for run_dir, g in history.groupby("run_dir"):
@@ -114,6 +124,8 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
                      "finished": bool(last["final"]), "points": len(g), "tokens_final": int(last.tokens),
                      "r2_final": float(last.r2), "l0_final": float(last.l0), "tokens_to_converge": ttc,
                      "converged_at_frac": ttc / float(last.tokens), "tokens_on_frontier": on_frontier,
+                     "tokens_to_objective": tokens_to_objective(g.tokens.to_numpy(), g.objective.to_numpy(),
+                                                                objective_tol),
                      "sweep_points": len(sweep)})  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -44,11 +44,14 @@ def evaluate_run(
     sae.to(device)
     r2, active, live = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
     census = Census(sae.cfg.d_sae, device=device)
+    terms: dict[str, float] = {}  # the training loss's terms, summed over tokens
     with torch.no_grad():
         for x in sequential_batches(store, "eval", batch, max_rows=n):
             x = x.to(device)
-            f = sae.encode(x)
-            x_hat = sae.decode(f)
+            out = sae(x)  # the SAE's encode/decode plus its loss terms at its own coefficient
+            f, x_hat = out.f, out.x_hat
+            for name, value in out.losses.items():
+                terms[name] = terms.get(name, 0.0) + float(value) * x.shape[0]
             r2.update(x, x_hat)  # also the squared error, summed in float64
             nz = f != 0
             active += int(nz.sum())
@@ -75,6 +78,10 @@ def evaluate_run(
         "mse": r2.sse / n,
         "l0": active / n,
         "dead_frac": 1.0 - float(live.float().mean()),
+        # the held-out training objective at the SAE's coefficient (cfg.json's l1: for target-L0 runs
+        # the one it had then), and its terms: what `compare` reads tokens_to_objective from
+        "objective": sum(terms.values()) / n,
+        **{f"objective_{name}": value / n for name, value in terms.items()},
         "params": sae.param_count(),
         "bipolar_threshold": bipolar_threshold,
     }
@@ -137,7 +144,13 @@ def evaluate(
                             bipolar_threshold=bipolar_threshold, lr_windows=0 if snap else lr_windows,
                             model=None if snap else model)  # fmt: skip
             old = None if force or not part.exists() else _read_part(part)
-            if old is not None and "cache_key" in old and old["cache_key"].iloc[0] == key:
+            # rows cached before the objective was recorded are recomputed once
+            if (
+                old is not None
+                and "cache_key" in old
+                and old["cache_key"].iloc[0] == key
+                and "objective" in old
+            ):
                 row = old.iloc[0].to_dict()
             else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
                 lm = None if snap else _lm_for(d, lr_windows, model, lms)

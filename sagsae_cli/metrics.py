@@ -192,7 +192,30 @@ def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.
         return float("nan")
     order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
     t, r, z = (np.asarray(v, dtype=float)[order] for v in (tokens, r2, l0))
-    ok = (np.abs(r - r[-1]) <= r2_tol) & (np.abs(z - z[-1]) <= l0_tol * abs(z[-1]))
+    return _settled_from(t, (np.abs(r - r[-1]) <= r2_tol) & (np.abs(z - z[-1]) <= l0_tol * abs(z[-1])))
+
+
+def tokens_to_objective(tokens, objective, rel_tol: float = 0.01) -> float:
+    """Tokens after which a run's held-out training objective (the loss it minimises, at its own
+    coefficient) stays within ``rel_tol`` (relative) of its final value: the first checkpoint from
+    which every later one is. Unlike ``tokens_to_converge`` it needs no tolerance on L0, so a run that
+    keeps sparsifying counts as unconverged only while doing so still lowers its loss. NaN for an
+    empty history or one whose objective is missing (tables evaluated before it was recorded)."""
+    import numpy as np
+
+    v = np.asarray(objective, dtype=float)
+    if len(tokens) == 0 or np.isnan(v).any():
+        return float("nan")
+    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
+    t, v = np.asarray(tokens, dtype=float)[order], v[order]
+    return _settled_from(t, np.abs(v - v[-1]) <= rel_tol * abs(v[-1]))
+
+
+def _settled_from(t, ok) -> float:
+    """The first of the sorted checkpoints ``t`` from which ``ok`` holds to the end (the last one is
+    the final point, so ``ok`` holds there for any measure taken against it)."""
+    import numpy as np
+
     bad = np.flatnonzero(~ok)
     return float(t[bad[-1] + 1] if len(bad) else t[0])
 

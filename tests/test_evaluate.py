@@ -93,6 +93,43 @@ def test_evaluate_run_against_an_independent_computation(runs):
     assert row["dead_frac"] == pytest.approx(float(((f != 0).sum(0) == 0).double().mean()))
 
 
+@pytest.mark.parametrize("variant", ["gated", "sa-gsae"])
+def test_eval_objective_is_the_training_loss_on_held_out_rows(runs, variant):
+    """The ``objective`` column and its terms, recomputed in float64 from the raw Zarr rows and the
+    exported weights with the literal formulas of docs/METHOD.md §4-5 (not through the SAE's forward)."""
+    import numpy as np
+    import torch
+    import zarr
+
+    from sagsae_cli.evaluate import evaluate_run
+    from sagsae_cli.sae import load_sae
+
+    run = runs / "runs" / f"{variant}-w48-l1_0.4-s0"
+    row, _ = evaluate_run(run, 3000)
+    raw = np.asarray(zarr.open_group(str(runs / "s"), mode="r")["eval/acts"][:3000], dtype=np.float64)
+    x = torch.from_numpy(raw / json.loads((run / "cfg.json").read_text())["norm_factor_folded"])
+    sae, _ = load_sae(run)  # acts on normalised rows: x / s
+    p = {n: t.detach().double() for n, t in sae.named_parameters()}
+    u = (x - p["b_dec"]) @ p["W_enc"]
+    pi, m = u + p["b_gate"], torch.exp(p["r_mag"]) * u + p["b_mag"]
+    if variant == "gated":
+        s = pi.clamp_min(0)  # ReLU(pi)
+        f = (pi > 0) * m.clamp_min(0)
+    else:
+        theta = p["log_threshold"].exp()
+        s = (pi - theta).clamp_min(0) - (-pi - theta).clamp_min(0)
+        f = (s > 0) * m.clamp_min(0) + (s < 0) * m.clamp_max(0)
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    mse = ((x - x_hat) ** 2).sum(1).mean()
+    sparsity = 0.4 * s.abs().sum(1).mean()
+    aux = ((x - (s @ p["W_dec"] + p["b_dec"])) ** 2).sum(1).mean()
+    assert row["objective_mse"] == pytest.approx(float(mse), rel=1e-4)
+    assert row["objective_sparsity"] == pytest.approx(float(sparsity), rel=1e-4)
+    assert row["objective_aux"] == pytest.approx(float(aux), rel=1e-4)
+    assert row["objective"] == pytest.approx(float(mse + sparsity + aux), rel=1e-4)
+    assert row["objective_mse"] == pytest.approx(row["mse"], rel=1e-5)  # the same squared error
+
+
 def test_eval_checkpoints_of_a_tiny_run(runs, tmp_path):
     """Every snapshot is evaluated into <results>/checkpoints with its token count; a rerun skips them."""
     run_cli("train", "--store", runs / "s", "--out", tmp_path / "runs", "--variant", "gated", "--width", 16,
@@ -105,6 +142,14 @@ def test_eval_checkpoints_of_a_tiny_run(runs, tmp_path):
     final = read_table(tmp_path / "res")
     assert final.tokens.tolist() == [8000] and final.final.all()
     assert len(set(snaps.r2.round(8))) == 3  # three different SAEs
-    mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "res" / "checkpoints").iterdir())]
+    assert snaps.objective.notna().all() and final.objective.notna().all()
+    parts = sorted((tmp_path / "res" / "checkpoints").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in parts]
     run_cli("eval", run, "--results", tmp_path / "res", "--checkpoints", "--quiet", check=0)
-    assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "res" / "checkpoints").iterdir())]
+    assert mtimes == [p.stat().st_mtime_ns for p in parts]
+    # a row cached before eval recorded the objective is recomputed once, the others kept
+    old = pd.read_parquet(parts[0])
+    old.drop(columns=[c for c in old if c.startswith("objective")]).to_parquet(parts[0], index=False)
+    run_cli("eval", run, "--results", tmp_path / "res", "--checkpoints", "--quiet", check=0)
+    assert pd.read_parquet(parts[0]).objective.iloc[0] == pytest.approx(old.objective.iloc[0])
+    assert mtimes[1:] == [p.stat().st_mtime_ns for p in parts[1:]]

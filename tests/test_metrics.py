@@ -155,6 +155,23 @@ def test_tokens_to_converge_on_a_hand_made_history():
     assert math.isnan(tokens_to_converge([], [], []))
 
 
+def test_tokens_to_objective_on_a_hand_made_history():
+    from sagsae_cli.metrics import tokens_to_converge, tokens_to_objective
+
+    tokens = [100, 200, 300, 400, 500]
+    objective = [2.0, 1.2, 1.015, 0.995, 1.0]  # 1.5% off at 300, within 1% of the final 1.0 from 400 on
+    assert tokens_to_objective(tokens, objective) == 400
+    assert tokens_to_objective(tokens, objective, rel_tol=0.02) == 300
+    # a run that keeps sparsifying at a settled objective: converged by it, not by R² and L0
+    l0, r2 = [20.0, 16.0, 13.0, 12.0, 10.0], [0.95] * 5  # L0 within 10% of 10 only at 500
+    assert tokens_to_objective(tokens, [1.0] * 5) == 100 and tokens_to_converge(tokens, r2, l0) == 500
+    # a late excursion resets the clock; the order of points does not matter; a negative final value
+    assert tokens_to_objective(tokens, [1.0, 1.0, 1.0, 1.1, 1.0]) == 500
+    assert tokens_to_objective([300, 100, 200], [-2.0, -3.0, -2.01]) == 200
+    assert math.isnan(tokens_to_objective([], []))
+    assert math.isnan(tokens_to_objective(tokens, [1.0, float("nan"), 1.0, 1.0, 1.0]))  # not recorded
+
+
 def test_tokens_on_frontier_counts_moving_along_the_frontier_as_converged():
     from sagsae_cli.metrics import tokens_on_frontier, tokens_to_converge
 
@@ -199,6 +216,12 @@ def test_convergence_and_gap_by_tokens_from_tables():
     assert conv.finished.all() and (conv.tokens_final == 300).all()
     # each sweep's frontier is its two final points; these runs never change L0, so both definitions agree
     assert (conv.tokens_on_frontier == conv.tokens_to_converge).all() and (conv.sweep_points == 2).all()
+    assert conv.tokens_to_objective.isna().all()  # tables from before eval recorded the objective
+    with_objective = table.assign(objective=1.0 - table.r2)  # settles with R² here: 300 and 200 tokens
+    conv = convergence(with_objective[table.tokens < 300], with_objective[table.tokens == 300]).set_index(
+        "run"
+    )
+    assert (conv.tokens_to_objective == conv.tokens_to_converge).all()
     gaps = gap_by_tokens(snaps, final, matched_l0=4).set_index("tokens")
     # SA - Gated at equal L0: -0.35, -0.10, 0.0 at 100, 200, 300 tokens
     assert gaps.worst_gap.to_dict() == pytest.approx({100: -0.35, 200: -0.10, 300: 0.0})
