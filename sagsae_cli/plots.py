@@ -262,8 +262,9 @@ def plot_ablation(results: str | Path, out: str | Path) -> list[Path]:
 
 
 def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
-    """Per cell: the worst R² gap of A@H against B@2H at each snapshot's token count, and held-out R²
-    and L0 of every run against tokens (from `eval --checkpoints`)."""
+    """Per cell: the worst R² gap of A@H against B@2H at each snapshot's token count, and held-out R²,
+    L0 and training objective (above its final value, %) of every run against tokens (from `eval
+    --checkpoints`; the objective panel stays empty for tables evaluated before eval recorded it)."""
     from sagsae_cli.compare import _history, gap_by_tokens
     from sagsae_cli.evaluate import read_table
 
@@ -275,7 +276,7 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
     except SagsaeError:
         gaps = None
     cells = list(hist.groupby(["model", "hook"], dropna=False))
-    fig, axes = plt.subplots(len(cells), 3, figsize=(15, 3.8 * len(cells)), squeeze=False)
+    fig, axes = plt.subplots(len(cells), 4, figsize=(20, 3.8 * len(cells)), squeeze=False)
     for row, ((model, hook), cell) in zip(axes, cells):
         ax = row[0]
         g = None if gaps is None else gaps[(gaps.model == model) & (gaps.hook == hook)]
@@ -296,19 +297,27 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
         for _, r in cell.groupby("run_dir"):
             r = r.sort_values("tokens")
             v, w = r.variant.iloc[0], r.width.iloc[0]
-            for ax, col in ((row[1], "r2"), (row[2], "l0")):
-                ax.plot(r.tokens / 1e6, r[col], _width_style(cell, v, w), color=COLORS.get(v), lw=1.2, alpha=0.8,
+            cols = [(row[1], r.r2), (row[2], r.l0)]
+            if "objective" in r and r.objective.notna().all():  # % above the run's final value
+                cols.append((row[3], 100 * (r.objective / r.objective.iloc[-1] - 1)))
+            for ax, values in cols:
+                ax.plot(r.tokens / 1e6, values, _width_style(cell, v, w), color=COLORS.get(v), lw=1.2, alpha=0.8,
                         label=f"{LABELS.get(v, v)} w{w}")  # fmt: skip
         row[1].set_ylabel("held-out R²")
         row[2].set_ylabel("held-out L0 (log scale)")
         row[2].set_yscale("log")
+        tol = row[3].axhline(1, color="#d62728", ls=":", lw=1, label="1% (tokens_to_objective)")
+        row[3].set_yscale("symlog", linthresh=1)
+        row[3].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        row[3].legend(handles=[tol], fontsize=8)
+        row[3].set_ylabel("held-out objective above its final value (%)")
         handles = {h.get_label(): h for h in row[1].get_lines()}  # one legend entry per architecture
         row[1].legend(handles.values(), handles.keys(), fontsize=8)
         for ax in row:
             ax.set_xlabel("training tokens (millions)")
             ax.grid(alpha=0.3)
-    fig.suptitle("Convergence against training tokens: the worst gap per cell, held-out R² and L0 per run "
-                 "(snapshots from eval --checkpoints)", y=1.0)  # fmt: skip
+    fig.suptitle("Convergence against training tokens: the worst gap per cell, held-out R², L0 and training "
+                 "objective per run (snapshots from eval --checkpoints)", y=1.0)  # fmt: skip
     return _save(fig, Path(out), "convergence")
 
 

@@ -25,11 +25,12 @@ def results(tmp_path):
                     row = dict(run=run, variant=variant, width=width, l1=l1, k=0, seed=seed, model="tiny", hook=hook,
                                l0=l0, r2=0.9 - 0.1 * l1 + shift + 0.005 * seed, dead_frac=0.3 if variant == "gated" else 0.01,
                                bipolar_frac=0.5 if variant == "sa-gsae" else 0.0, eval_tokens=1000, bipolar_threshold=0.1)  # fmt: skip
-                    row.update(run_dir=f"/runs/{hook}/{run}", tokens=300, final=True)
+                    row.update(run_dir=f"/runs/{hook}/{run}", tokens=300, final=True, objective=1.0)
                     pd.DataFrame([row]).to_parquet(tmp_path / "eval" / f"{run}.parquet")
                     for t, lag in ((100, 0.2), (200, 0.05)):  # snapshots: SA-GSAE converges later
                         snap = {**row, "tokens": t, "final": False, "l0": l0 * (1 + lag),
-                                "r2": row["r2"] - lag * (2 if variant == "sa-gsae" else 1)}  # fmt: skip
+                                "r2": row["r2"] - lag * (2 if variant == "sa-gsae" else 1),
+                                "objective": 1.0 + lag * (1 if variant == "sa-gsae" else 0.1)}  # fmt: skip
                         (tmp_path / "checkpoints").mkdir(exist_ok=True)
                         pd.DataFrame([snap]).to_parquet(tmp_path / "checkpoints" / f"{run}-t{t}.parquet")
                     n = rng.integers(0, 50, size=(width, 2))
@@ -67,6 +68,12 @@ def test_compare_reports_convergence(results):
     assert len(conv) == 24 and conv.finished.all()
     assert "frontier" in p.stdout + p.stderr and conv.tokens_on_frontier.notna().all()
     assert (conv.tokens_on_frontier <= conv.tokens_final).all()
+    # the objective: 0.5% above its final value at 200 for the Gated SAE (within 1%), 5% for SA-GSAE
+    assert conv.groupby("variant").tokens_to_objective.agg(set).to_dict() == {
+        "gated": {200},
+        "sa-gsae": {300},
+    }
+    assert "objective" in p.stdout + p.stderr
     gaps = pd.read_parquet(results / "compare" / "gap_by_tokens.parquet")
     assert sorted(set(gaps.tokens)) == [100, 200, 300]
 
