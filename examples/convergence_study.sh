@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/convergence}
 TOKENS=${TOKENS:-4M}
-CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1 b256-auto b256-auto-s1 b256-auto-s2 b256-auto-s3 b256-auto-lr4e-3 b256-auto-lr4e-3-s1 b256-auto-lr3e-3 b256-auto-decay b256-auto-lr4e-3-decay b256-auto-quantile b256-auto-quantile-s1 b256-auto-beta09 b256-auto-beta09-s1 b256-auto-widths b256-auto-widths-s1}
+CANDIDATES=${CANDIDATES:-base batch256 batch128 lr5e-3 initl0 beta09 l1warm0 l1warm20 thr50 theta01 b256-s1 b256-thr50 b256-thr1 b256-thr3 b256-theta01 b256-l1warm0 b256-noreset b256-split b256-decdata b256-decdata-s1 b256-widths b256-noaux b256-aux05 b256-aux2 b256-aux2-l1x2 b256-onesided b256-thr3-s1 b256-onesided-s1 b256-resid b256-resid-s1 b256-resid-dw50k b256-dw50k b256-dw50k-s1 b256-auto b256-auto-s1 b256-auto-s2 b256-auto-s3 b256-auto-lr4e-3 b256-auto-lr4e-3-s1 b256-auto-lr3e-3 b256-auto-decay b256-auto-lr4e-3-decay b256-auto-quantile b256-auto-quantile-s1 b256-auto-beta09 b256-auto-beta09-s1 b256-auto-widths b256-auto-widths-s1 b256-auto-noreset-widths b256-auto-noreset-widths-s1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
 
@@ -76,6 +76,9 @@ flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the
     # objective settling sooner a matter of its spare latents?
     b256-auto-widths) echo "--batch 256 --lr 2e-3 --dead-window 0" ;;
     b256-auto-widths-s1) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 1" ;;
+    # the same without dead-latent resets on the SA side (sa_variant no-reset): what slows SA-GSAE@2H?
+    b256-auto-noreset-widths) echo "--batch 256 --lr 2e-3 --dead-window 0" ;;
+    b256-auto-noreset-widths-s1) echo "--batch 256 --lr 2e-3 --dead-window 0 --seeds 1" ;;
     *) "$1"_flags ;;
   esac
 }

@@ -231,6 +231,19 @@ def test_decoder_stays_unit_norm_after_steps(name):
         assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(N), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_forward_codes_as_encode_and_decode(name):
+    """`eval` reads f and x_hat from the forward pass (for the loss terms it also returns): they must be
+    what encode and decode give, bit for bit, so its metrics do not move with that choice."""
+    sae = make(name)
+    x = torch.randn(300, D, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out, f = sae(x), sae.encode(x)
+        x_hat = sae.decode(f)
+    assert (f != 0).any() and (f == 0).any()  # a code with open and closed latents
+    assert torch.equal(out.f, f) and torch.equal(out.x_hat, x_hat)
+
+
 def test_param_counts_match_paper():
     m, d = N, D
     assert make("gated").param_count() == 2 * m * d + 3 * m + d
