@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 
-def _slowest_pair(sa: pd.DataFrame, ga: pd.DataFrame, col: str = "tokens_to_objective") -> str:
-    """'SA slowest / Gated slowest (ratio)' of one convergence column, — where it was not recorded."""
+def _slowest_pair(sa: pd.DataFrame, ga: pd.DataFrame, col: str) -> str:
+    """'SA slowest / Gated slowest (ratio)' of one convergence column, — where a run has none (an
+    objective not recorded, a run off its frontier at the end)."""
     if col not in sa or sa[col].isna().any() or ga[col].isna().any():
         return "—"
     a, b = sa[col].max(), ga[col].max()
@@ -51,8 +52,7 @@ def main(root: str) -> None:
             f"| {cand.name} | {sa.tokens_to_converge.median() / 1e6:.2f}M | {sa.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {ga.tokens_to_converge.median() / 1e6:.2f}M | {ga.tokens_to_converge.max() / 1e6:.2f}M "
             f"| {sa.tokens_to_converge.max() / ga.tokens_to_converge.max():.2f} "
-            f"| {sa.tokens_on_frontier.max() / 1e6:.2f}M / {ga.tokens_on_frontier.max() / 1e6:.2f}M "
-            f"({sa.tokens_on_frontier.max() / ga.tokens_on_frontier.max():.2f}) | {_slowest_pair(sa, ga)} | {gap} "
+            f"| {_slowest_pair(sa, ga, 'tokens_on_frontier')} | {_slowest_pair(sa, ga, 'tokens_to_objective')} | {gap} "
             f"| {dead} | {' / '.join(map(str, per_axis))} | {lams} |"
         )
 

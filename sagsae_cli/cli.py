@@ -542,8 +542,8 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: i
     for h in heads:
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
-        table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), f"{g.tokens_to_converge.median():,.0f}",
-                      f"{g.tokens_to_converge.max():,.0f}", f"{g.tokens_on_frontier.median():,.0f}",
+        table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), *_tokens_cells(g.tokens_to_converge),
+                      f"{g.tokens_on_frontier.median():,.0f}",
                       f"{g.tokens_on_frontier.max():,.0f}", *_tokens_cells(g.tokens_to_objective),
                       f"{g.tokens_final.max():,}",
                       f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip

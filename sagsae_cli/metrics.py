@@ -190,8 +190,7 @@ def tokens_to_converge(tokens, r2, l0, r2_tol: float = 0.005, l0_tol: float = 0.
 
     if len(tokens) == 0:
         return float("nan")
-    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
-    t, r, z = (np.asarray(v, dtype=float)[order] for v in (tokens, r2, l0))
+    t, r, z = _by_tokens(tokens, r2, l0)
     return _settled_from(t, (np.abs(r - r[-1]) <= r2_tol) & (np.abs(z - z[-1]) <= l0_tol * abs(z[-1])))
 
 
@@ -206,18 +205,27 @@ def tokens_to_objective(tokens, objective, rel_tol: float = 0.01) -> float:
     v = np.asarray(objective, dtype=float)
     if len(tokens) == 0 or np.isnan(v).any():
         return float("nan")
-    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
-    t, v = np.asarray(tokens, dtype=float)[order], v[order]
+    t, v = _by_tokens(tokens, v)
     return _settled_from(t, np.abs(v - v[-1]) <= rel_tol * abs(v[-1]))
 
 
+def _by_tokens(tokens, *series):
+    """``tokens`` and each series as float arrays, in the order of ``tokens`` (stable)."""
+    import numpy as np
+
+    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
+    return tuple(np.asarray(v, dtype=float)[order] for v in (tokens, *series))
+
+
 def _settled_from(t, ok) -> float:
-    """The first of the sorted checkpoints ``t`` from which ``ok`` holds to the end (the last one is
-    the final point, so ``ok`` holds there for any measure taken against it)."""
+    """The first of the sorted checkpoints ``t`` from which ``ok`` holds to the end; NaN when it
+    fails at the last one (a measure taken against the final point always holds there)."""
     import numpy as np
 
     bad = np.flatnonzero(~ok)
-    return float(t[bad[-1] + 1] if len(bad) else t[0])
+    if not len(bad):
+        return float(t[0])
+    return float(t[bad[-1] + 1]) if bad[-1] + 1 < len(t) else float("nan")
 
 
 def tokens_on_frontier(
@@ -234,15 +242,11 @@ def tokens_on_frontier(
 
     if len(tokens) == 0 or len(frontier_l0) == 0:
         return float("nan")
-    order = np.argsort(np.asarray(tokens, dtype=float), kind="stable")
-    t, r, z = (np.asarray(v, dtype=float)[order] for v in (tokens, r2, l0))
+    t, r, z = _by_tokens(tokens, r2, l0)
     fl, fr = np.asarray(frontier_l0, dtype=float), np.asarray(frontier_r2, dtype=float)
     inside = (z >= fl.min() * (1 - l0_tol)) & (z <= fl.max() * (1 + l0_tol)) & (z > 0)
     ok = inside & (r >= _interp_log(fl, fr, np.where(z > 0, z, 1.0)) - r2_tol)
-    bad = np.flatnonzero(~ok)
-    if not len(bad):
-        return float(t[0])
-    return float(t[bad[-1] + 1]) if bad[-1] + 1 < len(t) else float("nan")  # NaN: off it at the end
+    return _settled_from(t, ok)  # NaN: off the frontier at the end
 
 
 # --- comparisons between frontiers (docs/METHOD.md §6) ----------------------------------------------
