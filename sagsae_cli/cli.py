@@ -464,52 +464,97 @@ def ablate(
 @app.command()
 def compare(
     results: str = typer.Option("results", help="Results directory holding the eval table."),
-    matched_l0: float = typer.Option(64.0, help="L0 at which dead fractions are compared."),
+    matched_l0: Optional[float] = typer.Option(
+        None,
+        help="L0 at which dead fractions are compared (default: the middle of each cell's own L0 overlap).",
+    ),
     a: str = typer.Option("sa-gsae", help="Variant at width H (SA-half)."),
     b: str = typer.Option("gated", help="Variant at width 2H (Gated-full), or at --width-ratio x H."),
     width_ratio: int = typer.Option(
         2, help="B's width as a multiple of A's: 2 (the paper's), 1 (equal widths)."
     ),
 ) -> None:
-    """The paper's comparison per cell (A at width H against B at 2H), saved to <results>/compare/.
+    """The paper's criteria per cell (A at width H against B at 2H), saved to <results>/compare/.
 
-    Pareto verdict over the two sweeps' L0 overlap, worst R² gap, dead-fraction cut at a matched L0 and the sweep-geomean dead ratio.
+    On seed means and on each seed alone: strict dominance over the shared L0 range (and the L0 where it fails), the worst R² gap against the paper's 0.025 band and its -0.008, the absolute dead-fraction cut at a matched L0 and the sweep-geomean dead ratio, with the paper's figure for the hookpoint beside ours. compare.parquet (seed means) and compare_seeds.parquet (per seed) load in a notebook.
     """
-    import pandas as pd
+    from pathlib import Path
 
-    from sagsae_cli.compare import compare as run_compare
-    from sagsae_cli.compare import ratio_label
-
-    _check(
-        math.isfinite(matched_l0) and matched_l0 > 0, f"--matched-l0 must be positive (got {matched_l0:g})"
+    from sagsae_cli.compare import (
+        PAIR_KEYS,
+        convergence,
+        gap_by_tokens,
+        ratio_label,
+        seed_rows,
+        write_compare,
     )
-    _check(width_ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {width_ratio})")
-    from sagsae_cli.compare import PAIR_KEYS, write_compare
+    from sagsae_cli.compare import compare as run_compare
     from sagsae_cli.evaluate import read_table
 
-    frame = run_compare(read_table(results), matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
+    _check(
+        matched_l0 is None or (math.isfinite(matched_l0) and matched_l0 > 0),
+        f"--matched-l0 must be positive (got {matched_l0})",
+    )
+    _check(width_ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {width_ratio})")
+    # every input is read and every table computed before anything is written or printed
+    table = read_table(results)
+    frame = run_compare(table, matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
+    seeds = seed_rows(table, matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
+    conv = gaps = None
+    if any((Path(results) / "checkpoints").glob("*.parquet")):
+        snaps = read_table(results, "checkpoints")
+        conv = convergence(snaps, table)
+        try:
+            gaps = gap_by_tokens(snaps, table, matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
+        except SagsaeError:
+            gaps = None
     path = write_compare(frame, results, keep=PAIR_KEYS)
-    table = Table(title=f"{a} at H against {b} at {ratio_label(width_ratio)} (R² vs L0, seed means)")
-    heads = ["cell", "A vs B", "L0 overlap", "A dominates", "worst gap", "max |gap|", f"dead cut @L0={matched_l0:g}",
-             "dead ratio (geomean)"]  # fmt: skip
+    write_compare(seeds, results, "compare_seeds", keep=[*PAIR_KEYS, "seed"])
+    if conv is not None:
+        write_compare(conv, results, "convergence")
+    if gaps is not None:
+        write_compare(gaps, results, "gap_by_tokens", keep=PAIR_KEYS)
+    _print_compare(frame, a, b, width_ratio, ratio_label)
+    console.print(f"saved {path} and compare_seeds.parquet beside it")
+    if conv is not None:
+        _print_convergence(conv, gaps)
+
+
+def _print_compare(frame, a: str, b: str, ratio: int, ratio_label) -> None:
+    """The paper's criteria per cell: ours (seed means, and whether each holds in every seed) and the paper's."""
+    import pandas as pd
+
+    table = Table(
+        title=f"{a} at H against {b} at {ratio_label(ratio)}: the paper's criteria (R² vs L0, seed means)"
+    )
+    heads = ["cell", "A vs B", "seeds", "L0 overlap", "dominates (every seed)", "fails at L0", "worst gap (worst seed)",
+             "within 0.025 (every seed)", "matched L0", "dead cut (min seed)", "dead ratio (min seed)", "verdict"]  # fmt: skip
     for h in heads:
-        table.add_column(h, justify="right" if h != "cell" else "left")
+        table.add_column(h, justify="left" if h in ("cell", "A vs B", "verdict") else "right")
+    num = lambda v, f: format(v, f) if pd.notna(v) else "n/a"
     for _, r in frame.iterrows():
         overlap = f"{r.overlap_lo:.3g}-{r.overlap_hi:.3g}" if r.overlap else "none"
-        cut = f"{r.dead_cut_at_l0:+.3f}" if pd.notna(r.dead_cut_at_l0) else "n/a (outside overlap)"
-        gap = f"{r.worst_gap:+.4f}" if r.overlap else "n/a"
-        table.add_row(f"{r.model} {r.hook}", f"{r.a} vs {r.b}", overlap, str(r.dominates), gap,
-                      f"{r.max_abs_gap:.4f}", cut, f"{r.dead_ratio_geomean:.3g}x")  # fmt: skip
+        table.add_row(f"{r.model} {r.hook}", f"{r.a} vs {r.b}", str(r.seeds), overlap,
+                      f"{_yes(r.dominates)} ({_yes(r.dominates_every_seed)})",
+                      "—" if r.dominates else num(r.fail_l0, ".3g"),
+                      f"{num(r.worst_gap, '+.4f')} ({num(r.worst_gap_seed_min, '+.4f')})",
+                      f"{_yes(r.within_band)} ({_yes(r.within_band_every_seed)})", num(r.matched_l0, ".3g"),
+                      f"{num(r.dead_cut_at_l0, '+.3f')} ({num(r.dead_cut_seed_min, '+.3f')})",
+                      f"{num(r.dead_ratio_geomean, '.3g')}x ({num(r.dead_ratio_seed_min, '.3g')}x)",
+                      r.paper_verdict + ("" if r.verdict_every_seed else " (not in every seed)"))  # fmt: skip
     console.print(table)
-    outside = frame[frame.dead_cut_at_l0.isna()]
-    for _, r in outside.iterrows():
-        console.print(
-            f"note: {r.model} {r.hook}: --matched-l0 {matched_l0:g} lies outside the L0 range both sides cover "
-            + (f"({r.overlap_lo:.3g}-{r.overlap_hi:.3g})" if r.overlap else "(they do not overlap)")
-            + ": choose an L0 inside it for the dead cut"
-        )
-    console.print(f"saved {path}")
-    _print_convergence(results, matched_l0, a, b, width_ratio)
+    for _, r in frame.iterrows():
+        if r.paper:
+            console.print(f"the paper, {r.hook} (Pythia-1B, SmolLM3-3B): {r.paper}", markup=False)
+    console.print(
+        "the paper's bar: dominates = A's R² >= B's over the whole shared L0 range; matches = worst gap >= -0.008, "
+        "within 0.025, dead cut >= 0.35 absolute",
+        markup=False,
+    )
+
+
+def _yes(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "no")
 
 
 def _tokens_cells(tokens) -> tuple[str, str]:
@@ -519,23 +564,13 @@ def _tokens_cells(tokens) -> tuple[str, str]:
     return f"{tokens.median():,.0f}", f"{tokens.max():,.0f}"
 
 
-def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: int = 2) -> None:
-    """Tokens to converge per run and the gap per snapshot, when `eval --checkpoints` has run."""
-    from pathlib import Path
-
-    from sagsae_cli.compare import PAIR_KEYS, convergence, gap_by_tokens, write_compare
-    from sagsae_cli.evaluate import read_table
-
-    if not any((Path(results) / "checkpoints").glob("*.parquet")):
-        return
-    snaps, last = read_table(results, "checkpoints"), read_table(results)
-    conv = convergence(snaps, last)
-    write_compare(conv, results, "convergence")
+def _print_convergence(conv, gaps) -> None:
+    """Tokens to converge per run and the gap per snapshot (when `eval --checkpoints` has run)."""
     table = Table(
         title="convergence in tokens: until held-out R² stays within 0.005 and L0 within 10% of the run's final "
         "point (median, slowest), and until it stays on its sweep's final frontier (R² at most 0.005 below "
         "it at the run's L0; moving along it counts as converged), and until its held-out training objective "
-        "stays within 1% of its final value (— for tables evaluated before eval recorded it)"
+        "stays within 1% of its final value (— where a run never settles before its last point)"
     )
     heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest",
              "objective median", "objective slowest", "of", "finished")  # fmt: skip
@@ -543,16 +578,12 @@ def _print_convergence(results: str, matched_l0: float, a: str, b: str, ratio: i
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
         table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), *_tokens_cells(g.tokens_to_converge),
-                      f"{g.tokens_on_frontier.median():,.0f}",
-                      f"{g.tokens_on_frontier.max():,.0f}", *_tokens_cells(g.tokens_to_objective),
+                      *_tokens_cells(g.tokens_on_frontier), *_tokens_cells(g.tokens_to_objective),
                       f"{g.tokens_final.max():,}",
                       f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
-    try:
-        gaps = gap_by_tokens(snaps, last, matched_l0=matched_l0, a=a, b=b, ratio=ratio)
-    except SagsaeError:
+    if gaps is None:
         return
-    write_compare(gaps, results, "gap_by_tokens", keep=PAIR_KEYS)
     for (model, hook), g in gaps.groupby(["model", "hook"]):
         trail = ", ".join(f"{t:,}: {w:+.3f}" for t, w in zip(g.tokens, g.worst_gap))
         console.print(f"worst gap by tokens, {model} {hook}: {trail}")

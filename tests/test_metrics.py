@@ -271,3 +271,73 @@ def test_two_runs_of_one_seed_in_a_table_are_refused_not_averaged():
     # two seeds of one run configuration are what seed means are for
     two_seeds = pd.concat([one, one.assign(seed=1, run_dir=one.run_dir + "-s1")])
     assert (seed_means(two_seeds).seeds == 2).all()
+
+
+# --- the paper's criteria (compare) on hand-made frontiers ---------------------------------------------------
+def _cell(points_by_seed):
+    """An eval table from {(variant, width): {seed: [(l0, r2, dead), ...]}} (one cell)."""
+    import pandas as pd
+
+    rows = []
+    for (variant, width), seeds in points_by_seed.items():
+        for seed, points in seeds.items():
+            for i, (l0_, r2_, dead) in enumerate(points):
+                rows.append({"model": "m", "hook": "mlp_out", "variant": variant, "width": width, "l1": 0.1 * 2**i,
+                             "target_l0": 0.0, "k": 0, "seed": seed, "l0": l0_, "r2": r2_, "dead_frac": dead,
+                             "bipolar_frac": 0.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_dominance_that_fails_at_one_end_names_where():
+    """A is above B at low L0 and crosses below it near the top of the shared range: not dominant, and
+    the L0 where it fails lies in that top part (the crossing point is solved by hand in log L0)."""
+    from sagsae_cli.compare import compare
+
+    l0 = [10.0, 100.0]
+    # A - B = 0.02 at L0 10 and -0.01 at L0 100, linear in log L0: zero at log10(L0) = 1 + 2/3
+    table = _cell({("sa-gsae", 8): {0: [(10, 0.72, 0.0), (100, 0.89, 0.0)]},
+                   ("gated", 16): {0: [(10, 0.70, 0.2), (100, 0.90, 0.2)]}})  # fmt: skip
+    row = compare(table).iloc[0]
+    assert not row.dominates and row.worst_gap == pytest.approx(-0.01)
+    assert row.fail_l0 == pytest.approx(100.0)
+    assert row.fail_lo == pytest.approx(10 ** (1 + 2 / 3), rel=0.02) and row.fail_hi == pytest.approx(100.0)
+    assert row.within_band and row.paper_verdict != "dominates"
+    assert (row.overlap_lo, row.overlap_hi) == tuple(l0)
+
+
+def test_dead_cut_with_no_dead_latents_on_one_side_matches_inside_the_cells_overlap():
+    """Without --matched-l0 the cut is taken at the geometric middle of the cell's own L0 overlap (here
+    10-40: 20), not at a fixed L0 outside it; A has no dead latent, so the cut is B's dead fraction there."""
+    from sagsae_cli.compare import compare
+
+    table = _cell({("sa-gsae", 8): {0: [(5, 0.6, 0.0), (40, 0.9, 0.0)]},
+                   ("gated", 16): {0: [(10, 0.5, 0.6), (80, 0.8, 0.3)]}})  # fmt: skip
+    row = compare(table).iloc[0]
+    assert row.matched_l0 == pytest.approx(20.0)
+    # B's dead fraction at L0 20, linear in log L0 between (10, 0.6) and (80, 0.3): 0.6 - 0.3 / 3
+    assert row.dead_cut_at_l0 == pytest.approx(0.5)
+    assert row.dominates and row.paper_verdict == "dominates"
+    # at an L0 outside the overlap there is no cut (NaN), and a cut below 0.35 is no match
+    assert math.isnan(compare(table, matched_l0=64).iloc[0].dead_cut_at_l0)
+
+
+def test_a_verdict_that_flips_between_seeds_is_reported_per_seed():
+    """Seed 0 dominates, seed 1 falls 0.03 below at high L0: the seed means and each seed get their own
+    verdict, and 'every seed' says no."""
+    from sagsae_cli.compare import compare, paper_verdict, seed_rows
+
+    b = [(10, 0.70, 0.5), (100, 0.90, 0.5)]
+    table = _cell({("sa-gsae", 8): {0: [(10, 0.75, 0.0), (100, 0.93, 0.0)], 1: [(10, 0.75, 0.0), (100, 0.87, 0.0)]},
+                   ("gated", 16): {0: b, 1: b}})  # fmt: skip
+    row = compare(table).iloc[0]
+    assert row.seeds == 2 and row.dominates  # the means: 0.75 / 0.90 against 0.70 / 0.90
+    assert row.dominates_every_seed is False or not row.dominates_every_seed
+    assert not row.verdict_every_seed and row.worst_gap_seed_min == pytest.approx(-0.03)
+    per = seed_rows(table).set_index("seed")
+    assert per.loc[0].dominates and not per.loc[1].dominates
+    assert per.loc[1].paper_verdict == "outside 0.025" and per.loc[0].paper_verdict == "dominates"
+    # the paper's matching bar: gap >= -0.008 and a cut >= 0.35 absolute; the band alone is weaker
+    assert paper_verdict(False, -0.007, 0.4) == "matches"
+    assert paper_verdict(False, -0.007, 0.3) == "within 0.025"
+    assert paper_verdict(False, -0.02, 0.6) == "within 0.025"
+    assert paper_verdict(False, -0.03, 0.6) == "outside 0.025"

@@ -47,9 +47,13 @@ def non_blank(path):
 
 def test_compare_verdict_from_the_table(results):
     p = run_cli("compare", "--results", results, "--matched-l0", 20, check=0)
-    assert "True" in p.stderr + p.stdout
+    out = p.stdout + p.stderr
+    assert "dominates" in out and "the paper, mlp_out" in out
     table = pd.read_parquet(results / "compare" / "compare.parquet")
     assert set(table.hook) == {"resid_mid", "mlp_out"} and table.dominates.all()
+    assert (table.paper_verdict == "dominates").all() and table.paper.str.len().gt(0).all()
+    seeds = pd.read_parquet(results / "compare" / "compare_seeds.parquet")
+    assert set(seeds.hook) == {"resid_mid", "mlp_out"} and len(seeds) == len(table) * table.seeds.iloc[0]
     assert table.dead_cut_at_l0.tolist() == pytest.approx([0.29, 0.29])
 
 
