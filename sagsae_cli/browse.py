@@ -330,6 +330,13 @@ def browse(run_dirs: list[str], out: str | Path, *, store: str | None = None, to
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
     if compare and len(dirs) != 2:
         raise SagsaeError(f"--compare takes exactly two runs, A (signed) and B (got {len(dirs)})")
+    if compare:
+        ds = [read_json(d / SAE_CFG, "retrain the run").get("d_in") for d in dirs]
+        if ds[0] != ds[1]:
+            raise SagsaeError(
+                f"--compare needs two SAEs of one activation space: {dirs[0].name} has d = {ds[0]}, {dirs[1].name} "
+                f"d = {ds[1]}; compare runs trained on the same hookpoint (or browse them without --compare)"
+            )
     _check_out(out, force)
     lms: dict = {}
     runs = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -13,7 +14,8 @@ from rich.table import Table
 
 from sagsae_cli import __version__
 from sagsae_cli.errors import PeerError, SagsaeError, disk_space
-from sagsae_cli.progress import console
+from sagsae_cli.progress import console, styled
+from sagsae_cli.variants import ALIASES as VARIANT_ALIASES
 from sagsae_cli.variants import ARCHITECTURES
 
 app = typer.Typer(
@@ -121,10 +123,7 @@ def harvest(
     Resumable: rerun the same command after an interruption and it continues from the last commit.
     """
     tokens, eval_tokens = _tokens(tokens), _tokens(eval_tokens, "--eval-tokens", lo=0)
-    _check(
-        max_norm_ratio == 0 or max_norm_ratio >= 1,
-        f"--max-norm-ratio must be 0 (keep all) or >= 1 (got {max_norm_ratio:g})",
-    )
+    _check_norm_ratio(max_norm_ratio)
     _check(context >= 2 and batch_size >= 1, "--context must be >= 2 and --batch-size >= 1")
     from sagsae_cli.store import DTYPE_ALIASES
 
@@ -143,7 +142,9 @@ def harvest(
         )  # fmt: skip
         rows = write_synthetic_store(cfg, out, force=force, quiet=quiet)
         _print_info(out)
-        console.print(f"[green]done[/green]: {rows['train']:,} train + {rows['eval']:,} eval rows in {out}")
+        console.print(
+            styled("green", "done", f": {rows['train']:,} train + {rows['eval']:,} eval rows in {out}")
+        )
     elif source == "lm":
         from sagsae_cli.harvest import HarvestConfig
         from sagsae_cli.harvest import harvest as run_harvest
@@ -170,15 +171,19 @@ def _print_summary(path: str) -> None:
     dropped = c.get("train_dropped", 0) + c.get("eval_dropped", 0)
     share = dropped / seen if seen else 0.0
     console.print(
-        f"[green]done[/green] {path}: {s.rows('train'):,} train + {s.rows('eval'):,} eval tokens, "
-        f"{s.disk_bytes() / 2**20:,.1f} MiB, norm factor {s.norm_factor:.4g}; "
-        f"{dropped:,} of {seen:,} tokens ({share:.3%}) exceeded {s.meta.get('max_norm_ratio')}x the median norm "
-        "and were dropped"
+        styled(
+            "green",
+            "done",
+            f" {path}: {s.rows('train'):,} train + {s.rows('eval'):,} eval tokens, "
+            f"{s.disk_bytes() / 2**20:,.1f} MiB, norm factor {s.norm_factor:.4g}; "
+            f"{dropped:,} of {seen:,} tokens ({share:.3%}) exceeded {s.meta.get('max_norm_ratio')}x the median norm "
+            "and were dropped",
+        )
     )
 
 
 def _floats(text: str, flag: str, lo: float | None = None, what: str = "a finite number") -> list[float]:
-    """Comma-separated finite numbers, each >= ``lo`` when given."""
+    """Comma-separated finite numbers, each >= ``lo`` when given, none given twice."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -186,14 +191,31 @@ def _floats(text: str, flag: str, lo: float | None = None, what: str = "a finite
     bound = "finite" if lo is None else f"{what} >= {lo:g}"
     for v in values:
         _check(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
+    _unique(values, flag)
     return values
 
 
-def _ints(text: str, flag: str, lo: int = 0) -> list[int]:
-    """Comma-separated whole numbers >= ``lo`` (seeds, k)."""
-    values = _floats(text, flag, lo, what="a whole number")
-    _check(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
-    return [int(v) for v in values]
+def _unique(values: list, flag: str) -> None:
+    """A list option names each value once: a duplicate would be the same run twice."""
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    _check(not twice, f"{flag} names {', '.join(twice)} more than once: give each value once")
+
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes an int64
+
+
+def _ints(text: str, flag: str, lo: int = 0, hi: int = SEED_MAX) -> list[int]:
+    """Comma-separated whole numbers in [``lo``, ``hi``] (seeds, k), read exactly (no float rounding)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = _floats(text, flag, lo, what="a whole number")
+        _check(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
+        values = [int(v) for v in values]
+    for v in values:
+        _check(lo <= v <= hi, f"{flag} must be a whole number between {lo} and {hi} (got {v})")
+    _unique(values, flag)
+    return values
 
 
 def _tokens(text: str | int, flag: str = "--tokens", lo: int = 1) -> int:
@@ -241,6 +263,15 @@ def _threshold_lr_mult(value: str) -> float:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SagsaeError(message)
+
+
+def _check_norm_ratio(ratio: float) -> None:
+    """harvest's and import's --max-norm-ratio: 0 keeps every row; below 1 would drop the median row."""
+    _check(
+        math.isfinite(ratio) and (ratio == 0 or ratio >= 1),
+        f"--max-norm-ratio must be 0 (keep every row) or at least 1 (got {ratio:g}): below 1 it drops most "
+        "rows, the median row among them",
+    )
 
 
 @app.command()
@@ -352,6 +383,7 @@ def train(
         snapshots=snapshots, dead_window=dead_tokens, reset_mode=reset_mode, checkpoint_every=checkpoint_every, log_every=log_every, store=store,
     )  # fmt: skip
     variants = [v.strip() for v in variant.split(",") if v.strip()]
+    _unique([VARIANT_ALIASES.get(v, v) for v in variants], "--variant (after aliases)")
     cfgs = sweep_configs(
         base, variants, l1=_floats(l1, "--l1", lo=0), k=_ints(k, "--k", lo=1),
         target_l0=[t for t in _floats(target_l0, "--target-l0", lo=0) if t > 0], seeds=seed_list,
@@ -359,7 +391,7 @@ def train(
     dirs = run_training(cfgs, out, force=force, quiet=quiet, device=device, dtype=dtype, wandb_project=wandb,
                         allow_incomplete=allow_incomplete)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":
-        console.print(f"[green]done[/green]: {len(dirs)} run(s) in {out}")
+        console.print(styled("green", "done", f": {len(dirs)} run(s) in {out}"))
         for path in dirs:
             console.print(f"  {path}")
 
@@ -438,7 +470,10 @@ def ablate(
     from sagsae_cli.train import TrainConfig
 
     _check(width >= 1, "--width must be positive")
-    _check(l1 >= 0 and target_l0 >= 0, "--l1 and --target-l0 must be >= 0")
+    _check(
+        math.isfinite(l1) and math.isfinite(target_l0) and l1 >= 0 and target_l0 >= 0,
+        f"--l1 and --target-l0 must be finite numbers >= 0 (got {l1:g}, {target_l0:g})",
+    )
     eval_tokens = _tokens(eval_tokens, "--eval-tokens")
     run_tokens = _tokens(tokens)
     batch, lr = _batch_lr(run_tokens, batch, lr)
@@ -718,10 +753,7 @@ def store_import(
     from sagsae_cli.importer import import_store
 
     _check(0 <= split_eval < 1, f"--split-eval is a share in [0, 1) (got {split_eval:g})")
-    _check(
-        math.isfinite(max_norm_ratio) and max_norm_ratio >= 0,
-        f"--max-norm-ratio must be >= 0 (got {max_norm_ratio:g})",
-    )
+    _check_norm_ratio(max_norm_ratio)
     from sagsae_cli.store import DTYPE_ALIASES
 
     dtype = DTYPE_ALIASES.get(dtype, dtype)
@@ -736,13 +768,16 @@ def store_export(
     out: str = typer.Option(..., "--out", "-o", help="Directory for train.npy and eval.npy."),
     to: str = typer.Option("npy", help="Format (npy: float32, the stored units, not normalised)."),
     force: bool = typer.Option(False, help="Replace existing train.npy / eval.npy."),
+    allow_incomplete: bool = typer.Option(
+        False, help="Export a store whose harvest or import has not finished (what is committed)."
+    ),
     quiet: Quiet = False,
 ) -> None:
-    """A store's splits as .npy files (the way back from `store import`)."""
+    """A store's splits as .npy files in a local directory (the way back from `store import`)."""
     from sagsae_cli.importer import export_store
 
     _check(to == "npy", f"--to {to!r} is not supported: use npy")
-    for p in export_store(path, out, force=force, quiet=quiet):
+    for p in export_store(path, out, force=force, quiet=quiet, allow_incomplete=allow_incomplete):
         console.print(f"wrote {p}")
 
 
@@ -779,6 +814,14 @@ def _main() -> None:
         where = e.filename or "an output"
         _fail(f"cannot write {where} ({e.strerror or type(e).__name__}): choose another --out / --results, "
               "or fix its permissions")  # fmt: skip
+    except OSError as e:
+        if e.errno not in (errno.ENAMETOOLONG, errno.EROFS, errno.ELOOP):
+            raise
+        where = e.filename or "a path"
+        fix = {errno.ENAMETOOLONG: "a name in it is longer than the file system allows: choose a shorter path",
+               errno.EROFS: "the file system is read-only: choose another --out / --results",
+               errno.ELOOP: "it loops through symbolic links: fix the links or choose another path"}[e.errno]  # fmt: skip
+        _fail(f"cannot use {where}: {fix}")
     except Exception as e:  # the command-line parser's own exceptions (typer vendors click)
         _parser_error(e)
         raise
@@ -811,5 +854,5 @@ def _interrupted() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    console.print(styled("bold red", "error:", f" {message}"), highlight=False, soft_wrap=True)
     sys.exit(2)

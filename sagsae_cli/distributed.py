@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from sagsae_cli.errors import PeerError, SagsaeError
-from sagsae_cli.progress import console
+from sagsae_cli.progress import console, styled
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,16 @@ def pick_device(name: str) -> torch.device:
         raise SagsaeError(
             f"--device {name!r} is not a device: use auto, cpu or cuda (cuda:N for one GPU)"
         ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SagsaeError(f"--device {name} but no CUDA device is visible: use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise SagsaeError(f"--device {name!r} is not supported: use auto, cpu or cuda (cuda:N for one GPU)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SagsaeError(f"--device {name} but no CUDA device is visible: use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SagsaeError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ...)"
+            )
+        torch.cuda.set_device(dev)  # kernels and allocations without an explicit device go there too
     return dev
 
 
@@ -150,7 +158,7 @@ def contention_warning(threads: int, cores: int, busy: float) -> str | None:
     if threads <= 1 or busy + threads <= cores + 0.5:
         return None
     return (
-        f"[yellow]warning[/yellow]: other processes keep {busy:.1f} of this run's {cores} core(s) busy and "
+        f"warning: other processes keep {busy:.1f} of this run's {cores} core(s) busy and "
         f"torch will use {threads} threads: threads that wait on busy cores can make this command several "
         "times slower; run jobs side by side with OMP_NUM_THREADS=1 (or fewer threads each, their sum within the cores)"
     )
@@ -201,4 +209,4 @@ def warn_of_busy_cores(device: torch.device, world: World, quiet: bool) -> None:
     if device.type == "cpu" and world.main and not quiet:
         crowded = machine_contention()
         if crowded:
-            console.print(crowded, highlight=False)
+            console.print(styled("yellow", "warning", crowded.removeprefix("warning")), highlight=False)

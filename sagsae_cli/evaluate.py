@@ -17,7 +17,7 @@ import torch
 from sagsae_cli.distributed import pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import SAE_WEIGHTS, TRAIN_CFG, atomic_write
+from sagsae_cli.files import REEVAL, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_parquet
 from sagsae_cli.files import train_cfg as read_train_cfg
 from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, fired, latents_per_axis
@@ -250,15 +250,7 @@ def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
             table, table
         )
         raise SagsaeError(f"table {table!r} in {results} is empty: run `sagsae {maker}` first")
-    frames = []
-    for p in parts:
-        try:
-            frames.append(pd.read_parquet(p))
-        except Exception as e:
-            raise SagsaeError(
-                f"{p} is unreadable ({type(e).__name__}): delete it and rerun `sagsae eval`"
-            ) from None
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([read_parquet(p, REEVAL) for p in parts], ignore_index=True)
 
 
 def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):

@@ -26,8 +26,12 @@ def read_json(path: Path, fix: str) -> dict:
     return value
 
 
+REEVAL = "delete it and rerun `sagsae eval`"  # the fix for a damaged eval, census or checkpoints part
+
+
 def read_parquet(path: Path, fix: str = "move it away and rerun to write a new one"):
-    """A results table we wrote earlier and are about to extend; a damaged one is one line saying ``fix``."""
+    """A table we wrote earlier (every stage reads Parquet through here): a damaged one is one line saying
+    ``fix``."""
     import pandas as pd
 
     try:
@@ -101,6 +105,23 @@ def lock_dir(path: Path, doing: str) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def lock_held(path: Path) -> bool:
+    """True while another process holds ``path/.lock`` (a harvest or import still writing a store)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(path) / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def unlock(fd: int) -> None:

@@ -45,34 +45,49 @@ class Source:
             name = _pick(column, list(ds.column_names), path)
             self._ds, self.key = ds.with_format("numpy", columns=[name]), name
             first = np.asarray(self._ds[0][name])
-            self.shape = (len(ds), *first.shape)
-        elif path.suffix == ".npy":
-            self._arr, self.key = np.load(path, mmap_mode="r"), None
-            self.shape = self._arr.shape
-        elif path.suffix == ".npz":
-            z = np.load(path)
-            self.key = _pick(column, list(z.files), path)
-            self._arr = z[self.key]
-            self.shape = self._arr.shape
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            self._st = safe_open(str(path), framework="np")
-            self.key = _pick(column, list(self._st.keys()), path)
-            self._slice = self._st.get_slice(self.key)
-            self.shape = tuple(self._slice.get_shape())
-        else:
+            self.shape, dtype = (len(ds), *first.shape), first.dtype
+        elif path.suffix not in SUFFIXES:
             raise SagsaeError(
                 f"{path}: cannot import {path.suffix or 'this file'} (use {', '.join(SUFFIXES)})"
             )
+        else:
+            try:
+                dtype = self._open_file(path, column)
+            except SagsaeError:
+                raise
+            except Exception as e:  # damaged: numpy, zipfile and safetensors each raise their own
+                if "pickle" in str(e) or "Python objects" in str(e):
+                    _check_dtype(np.dtype(object), str(path))
+                raise SagsaeError(
+                    f"{path} is damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
+                    "write it again, or leave it out of the import"
+                ) from None
+        where = f"{path}{f' [{self.key}]' if self.key else ''}"
+        _check_dtype(dtype, where)
         if len(self.shape) not in (2, 3) or self.shape[-1] == 0:
-            raise SagsaeError(
-                f"{path}{f' [{self.key}]' if self.key else ''} has shape {self.shape}: expected (tokens, d) or "
-                "(contexts, seq, d)"
-            )
+            raise SagsaeError(f"{where} has shape {self.shape}: expected (tokens, d) or (contexts, seq, d)")
         self.d = int(self.shape[-1])
         self.per_context = int(self.shape[1]) if len(self.shape) == 3 else 1
         self.rows = int(self.shape[0]) * self.per_context
+
+    def _open_file(self, path: Path, column: str | None):
+        """Open a .npy / .npz / .safetensors file; return the element type of its array."""
+        if path.suffix == ".npy":
+            self._arr, self.key = np.load(path, mmap_mode="r", allow_pickle=False), None
+        elif path.suffix == ".npz":
+            z = np.load(path, allow_pickle=False)
+            self.key = _pick(column, list(z.files), path)
+            self._arr = z[self.key]
+        else:  # read through torch, which has bfloat16 and float8 (SAELens saves bfloat16)
+            from safetensors import safe_open
+
+            self._st = safe_open(str(path), framework="pt")
+            self.key = _pick(column, list(self._st.keys()), path)
+            self._slice = self._st.get_slice(self.key)
+            self.shape = tuple(self._slice.get_shape())
+            return SAFETENSORS_DTYPES.get(self._slice.get_dtype(), self._slice.get_dtype())
+        self.shape = self._arr.shape
+        return self._arr.dtype
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) (token rows; per-context sources are read by whole contexts)."""
@@ -80,12 +95,35 @@ class Source:
         if hasattr(self, "_ds"):
             block = np.asarray(self._ds[c0:c1][self.key])
         elif hasattr(self, "_slice"):
-            block = self._slice[c0:c1]
+            block = self._slice[c0:c1].float().numpy()
         else:
             block = np.asarray(self._arr[c0:c1])
         block = block.reshape(-1, self.d)
         off = start - c0 * self.per_context
         return block[off : off + stop - start]
+
+
+# safetensors element types -> what they import as (floats of any width are widened to float32 on read)
+SAFETENSORS_DTYPES = {
+    **{t: np.dtype("float32") for t in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4")},
+    **{t: np.dtype("int64") for t in ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8")},
+}
+
+
+def _check_dtype(dtype, where: str) -> None:
+    """Only real numbers import: complex would lose its imaginary part, objects and strings are no data."""
+    kind = dtype.kind if isinstance(dtype, np.dtype) else None
+    if kind in ("f", "i", "u"):
+        return
+    what = {"c": "complex numbers", "O": "Python objects", "U": "strings", "S": "bytes", "b": "booleans"}.get(
+        kind, f"element type {dtype}"
+    )
+    fix = (
+        "import the real part (or the magnitude) as a float array"
+        if kind == "c"
+        else "save the activations as a float array"
+    )
+    raise SagsaeError(f"{where} holds {what} ({dtype}), not activations: {fix}")
 
 
 def _pick(column: str | None, names: list[str], path: Path) -> str:
@@ -113,6 +151,14 @@ def find_sources(src: str | Path, column: str | None) -> list[Source]:
         sources = [Source(p, column) for p in files]
     else:
         sources = [Source(src, column)]
+    layouts = {len(s.shape) for s in sources}
+    if len(layouts) > 1:
+        two = next(s.path.name for s in sources if len(s.shape) == 2)
+        three = next(s.path.name for s in sources if len(s.shape) == 3)
+        raise SagsaeError(
+            f"the files of {src} mix (tokens, d) arrays ({two}) and (contexts, seq, d) arrays ({three}): the eval "
+            "split is taken by contexts in one and by rows in the other; import each kind separately"
+        )
     ds = {s.d for s in sources}
     if len(ds) > 1:
         raise SagsaeError(
@@ -167,6 +213,11 @@ def import_store(src: str | Path, out: str | Path, *, split_eval: float = 0.05, 
                 cur.update(slice=k + 1, done=cur["done"] + stop - start)
                 w.commit(cursor=cur)
                 bar.advance(stop - start)
+        if w.rows("train") and not w.state.get("sum_sq"):
+            raise SagsaeError(
+                f"every row of {src} that went into the train split is zero (norm factor 0): nothing to learn "
+                f"from; check the source (the partial store at {w.path} can be removed)"
+            )
         w.set_meta(dropped=cur["dropped"], median_norm=cur["median_norm"], rows_in_source=total)
         w.commit(cursor=cur, complete=True)
     return str(w.path)
@@ -208,10 +259,22 @@ def _validated(s: Source, start: int, stop: int, cur: dict, max_norm_ratio: floa
 
 
 def export_store(
-    store_path: str | Path, out: str | Path, force: bool = False, quiet: bool = False
+    store_path: str | Path,
+    out: str | Path,
+    force: bool = False,
+    quiet: bool = False,
+    allow_incomplete: bool = False,
 ) -> list[Path]:
     """Write each split of a store as ``<out>/<split>.npy`` (float32, the stored units), in slices."""
+    from sagsae_cli.location import is_url
+
+    if is_url(out):
+        raise SagsaeError(
+            f"--out {out}: export writes .npy files to a local directory; export there, then copy them to the "
+            "bucket with its own tool (aws s3 cp, gsutil cp, azcopy)"
+        )
     store = open_store(store_path)
+    store.check_ready(allow_incomplete, to="export")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SagsaeError(f"--out {out} is a file: choose a directory")

@@ -64,6 +64,12 @@ class Location:
         if self.remote:
             self.url = where.rstrip("/")
             self._fs = None
+            scheme, _, rest = where.partition("://")
+            if not rest.strip("/"):
+                raise SagsaeError(
+                    f"{where} names no {'container' if scheme.lower() in ('az', 'abfs') else 'bucket'}: "
+                    f"give {scheme}://<bucket>/<path>"
+                )
         else:
             self.local = Path(where)
 
@@ -174,6 +180,18 @@ class Location:
             raise _remote_error(self.url, e) from None
 
     # --- one writer at a time -------------------------------------------------------------------
+    def writer_alive(self) -> bool:
+        """True while another process holds the writer's lock (a harvest or import still under way)."""
+        if not self.remote:
+            from sagsae_cli.files import lock_held
+
+            return self.local.is_dir() and lock_held(self.local)
+        try:
+            held, _ = _ObjectLock.peek(self)
+        except Exception:
+            return False
+        return held is not None and _stale(held) is None
+
     def lock(self, doing: str):
         """Take the writer's lock (see the module docstring); refused in one line if it is held."""
         if not self.remote:
@@ -246,8 +264,63 @@ def _close_at_exit() -> None:
         _CLOSE_REGISTERED.append(True)
 
 
+PROBE_SECONDS = 3.0  # how long the endpoint of an object store may take to answer a TCP connect
+_PROBED: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (None: it can)
+
+
+def _endpoint(scheme: str) -> tuple[str, str] | None:
+    """(endpoint URL, the variable that sets it) of a URL scheme's object store, or None if unknown."""
+    env = os.environ
+    if scheme in ("s3", "s3a"):
+        var = "AWS_ENDPOINT_URL_S3" if env.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+        return env.get(var) or "https://s3.amazonaws.com", var
+    if scheme in ("gs", "gcs"):
+        host = env.get("STORAGE_EMULATOR_HOST")
+        return (host if "://" in (host or "://") else f"http://{host}") or "", "STORAGE_EMULATOR_HOST"
+    if scheme in ("az", "abfs"):
+        conn = dict(
+            part.split("=", 1)
+            for part in env.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";")
+            if "=" in part
+        )
+        if conn.get("BlobEndpoint"):
+            return conn["BlobEndpoint"], "AZURE_STORAGE_CONNECTION_STRING"
+        name = conn.get("AccountName") or env.get("AZURE_STORAGE_ACCOUNT_NAME")
+        return (f"https://{name}.blob.core.windows.net", "AZURE_STORAGE_ACCOUNT_NAME") if name else None
+    return None
+
+
+def _probe(url: str, scheme: str) -> None:
+    """Fail within PROBE_SECONDS when the object store's endpoint cannot be reached (no network, a wrong
+    endpoint, an emulator not running), instead of after the backend's retries (gcsfs: ~50 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    found = _endpoint(scheme)
+    if found is None:
+        return
+    endpoint, var = found
+    if not endpoint:  # gs:// without an emulator: Google's endpoint
+        endpoint = "https://storage.googleapis.com"
+    if endpoint not in _PROBED:
+        parts = urlsplit(endpoint)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            _PROBED[endpoint] = None
+        except OSError as e:
+            _PROBED[endpoint] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if _PROBED[endpoint] is not None:
+        hint = _CREDENTIAL_HINTS.get(scheme, "check the URL and the credentials of its filesystem")
+        raise SagsaeError(
+            f"{url}: cannot reach {endpoint} within {PROBE_SECONDS:g} s ({_PROBED[endpoint]}): check the network, "
+            f"or set {var} to your endpoint; {hint}"
+        )
+
+
 def _url_to_fs(url: str):
     scheme = _URL.match(url).group(1).lower()
+    _probe(url, scheme)
     try:
         from fsspec.core import url_to_fs
 
@@ -374,6 +447,13 @@ class _ObjectLock:
             except (_Conflict, FileNotFoundError):
                 continue  # someone else took it over (or released it) first
         raise SagsaeError(f"could not take the lock of {self.loc}: other processes keep taking it; try again")
+
+    @staticmethod
+    def peek(loc: Location) -> tuple[dict | None, str | None]:
+        """The lock object of ``loc`` as it is now (None if there is none), without taking it."""
+        lock = _ObjectLock.__new__(_ObjectLock)
+        lock.loc, lock.key, lock.ops = loc, loc._key(LOCK), _conditional_ops(loc)
+        return lock._read()
 
     def _read(self) -> tuple[dict | None, str | None]:
         self.loc.fs.invalidate_cache()

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sagsae_cli.errors import SagsaeError  # noqa: E402
-from sagsae_cli.files import HISTORY, TRAIN_CFG, read_json  # noqa: E402
+from sagsae_cli.files import HISTORY, REEVAL, TRAIN_CFG, read_json, read_parquet  # noqa: E402
 
 COLORS = {
     "sa-gsae": "#d62728",
@@ -135,10 +135,10 @@ def _census_parts(results: Path) -> pd.DataFrame:
         raise SagsaeError(f"no census tables in {results}/census: run `sagsae eval` first")
     frames = []
     for p in parts:
-        t = pd.read_parquet(p)
+        t = read_parquet(p, REEVAL)
         t = t[(t.n_pos + t.n_neg) > 0]
         ev = results / "eval" / p.name
-        row = pd.read_parquet(ev).iloc[0] if ev.exists() else None
+        row = read_parquet(ev, REEVAL).iloc[0] if ev.exists() else None
         run = str(t["run"].iloc[0]) if len(t) else p.stem
         t = t.assign(
             part=p.stem,
@@ -199,7 +199,11 @@ def plot_census(results: str | Path, out: str | Path, bipolar: float = 0.1) -> l
 
 def plot_training(run_dirs: list[str], out: str | Path) -> list[Path]:
     hist = [(Path(d).name, Path(d) / HISTORY) for d in run_dirs]
-    hist = [(n, pd.read_parquet(p)) for n, p in hist if p.exists()]
+    hist = [
+        (n, read_parquet(p, "it is rewritten at the run's next log step; or retrain the run"))
+        for n, p in hist
+        if p.exists()
+    ]
     if not hist:
         raise SagsaeError("no history.parquet in the given run directories: train them first")
     panels = [("mse", "reconstruction loss ||x - x̂||²"), ("l0", "L0"), ("dead_frac", "dead fraction"),
@@ -322,7 +326,11 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
 
 
 def _maybe(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.exists() else None
+    return (
+        read_parquet(path, "rerun the command that wrote it (`sagsae compare` or `sagsae eval`)")
+        if path.exists()
+        else None
+    )
 
 
 PLOTS = {"pareto": plot_pareto, "dead": plot_dead, "census": plot_census, "ablation": plot_ablation,

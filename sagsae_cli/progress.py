@@ -24,7 +24,18 @@ from rich.progress import (
 from rich.text import Text
 
 # wide enough for the result tables when output goes to a file or a pipe (rich assumes 80 there)
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# markup off: messages carry user paths, and "[...]" in a path must print as it is (styles go through
+# ``styled``)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+
+
+def styled(style: str, head: str, rest: str):
+    """``head`` in ``style``, then ``rest`` verbatim (no markup is read from either)."""
+    from rich.text import Text
+
+    return Text.assemble((head, style), rest)
+
+
 LOG_SECONDS = float(os.environ.get("SAGSAE_LOG_SECONDS", 30))
 
 
@@ -70,7 +81,7 @@ def progress_bar(label: str, total: float, unit: str = "tok", quiet: bool = Fals
         yield _Bar(None, None)
         return
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         _Rate(unit),

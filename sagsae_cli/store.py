@@ -87,6 +87,26 @@ def to_disk(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
 class ActivationStore:
     """Read access to a committed store. Only rows up to the last commit are visible."""
 
+    def check_ready(self, allow_incomplete: bool = False, to: str = "train on") -> None:
+        """Refuse, in one line, a store that is still being written or was left unfinished (unless
+        ``allow_incomplete``), and one whose train rows are all zero (norm factor 0)."""
+        if not self.complete and not allow_incomplete:
+            rows = f"{self.rows('train'):,} train rows so far"
+            if self.path.writer_alive():
+                raise SagsaeError(
+                    f"store {self.path} is still being written (its harvest or import is running, {rows}): "
+                    f"wait for it to finish, or pass --allow-incomplete to {to} what is committed"
+                )
+            raise SagsaeError(
+                f"store {self.path} is incomplete (its harvest or import stopped before the end, with {rows}): "
+                f"rerun that command to finish it, or pass --allow-incomplete to {to} what is there"
+            )
+        if self.rows("train") and not self.commit_state.get("sum_sq"):
+            raise SagsaeError(
+                f"every train row of store {self.path} is zero (norm factor 0): nothing to learn from; check "
+                "the hookpoint and the source of the activations"
+            )
+
     def __init__(self, path: str | Path | Location, mode: str = "r"):
         self.path = path if isinstance(path, Location) else Location(path)
         if not self.path.exists():

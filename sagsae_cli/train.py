@@ -47,7 +47,7 @@ from sagsae_cli.files import (
 )
 from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, fired
-from sagsae_cli.progress import console, progress_bar
+from sagsae_cli.progress import console, progress_bar, styled
 from sagsae_cli.reader import ShuffledBatches
 from sagsae_cli.sae import (
     ARCHITECTURES,
@@ -137,6 +137,11 @@ class TrainConfig:
             raise SagsaeError(f"--width must be positive (got {self.width})")
         if self.l1 < 0 or self.target_l0 < 0:
             raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
+        if self.target_l0 > self.width:
+            raise SagsaeError(
+                f"--target-l0 {self.target_l0:g} exceeds the width {self.width}: an SAE cannot fire more latents "
+                "than it has; choose a target below the width"
+            )
         if self.init_decoder not in ("random", "data"):
             raise SagsaeError(f"--init-decoder is random or data (got {self.init_decoder!r})")
         if self.reset_mode not in RESET_MODES:
@@ -332,7 +337,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.ckpt, self.dir / SAE_WEIGHTS, self.dir / HISTORY):
             stale.unlink(missing_ok=True)
-        for snap in (self.dir / "checkpoints").glob(f"{SNAPSHOT_PREFIX}*"):  # interrupted ones too
+        for snap in _snapshot_folders(self.dir / "checkpoints"):  # interrupted ones too
             shutil.rmtree(snap)
         atomic_write(record, lambda p: p.write_text(json.dumps(mine, indent=2)))
         return None, False
@@ -531,12 +536,21 @@ def snapshot_name(tokens: int) -> str:
     return f"{SNAPSHOT_PREFIX}{tokens:013d}"
 
 
+def _snapshot_folders(checkpoints: Path) -> list[Path]:
+    """The folders of ``checkpoints`` named as snapshots are (tokens-<13 digits>); anything else a user
+    keeps there (a backup copy, notes) is neither read nor removed."""
+    import re
+
+    name = re.compile(rf"{SNAPSHOT_PREFIX}\d{{13}}")
+    return [p for p in checkpoints.glob(f"{SNAPSHOT_PREFIX}*") if name.fullmatch(p.name) and p.is_dir()]
+
+
 def snapshot_dirs(run_dir: Path) -> list[Path]:
     """A run's snapshots (directories holding cfg.json + weights), in training order."""
     d = Path(run_dir) / "checkpoints"
     if not d.is_dir():
         return []
-    done = (p for p in d.glob(f"{SNAPSHOT_PREFIX}*") if (p / SAE_WEIGHTS).exists() and (p / SAE_CFG).exists())
+    done = (p for p in _snapshot_folders(d) if (p / SAE_WEIGHTS).exists() and (p / SAE_CFG).exists())
     return sorted(done)  # a snapshot whose write was interrupted (full disk) is left out
 
 
@@ -639,7 +653,8 @@ def train(
     slow = sorted({c.variant for c in cfgs if ARCHITECTURES[resolve(c.variant)][0] == "sa-gsae"})
     if world.main and slow and base.steps < FEW_STEPS and not quiet:
         console.print(
-            f"[yellow]warning[/yellow]: {base.steps:,} optimizer steps ({base.tokens:,} tokens / batch "
+            styled("yellow", "warning", ": ")
+            + f"{base.steps:,} optimizer steps ({base.tokens:,} tokens / batch "
             f"{base.batch:,}) may stop {', '.join(slow)} before it converges (it needs more steps than the "
             f"Gated SAE; docs/METHOD.md §8): "
             + ("use --batch auto or a smaller --batch, or " if base.batch > MIN_BATCH else "")
@@ -649,12 +664,7 @@ def train(
         )
     warn_of_busy_cores(dev, world, quiet)
     store = open_store(base.store)
-    if not store.complete and not allow_incomplete:
-        raise SagsaeError(
-            f"store {base.store} is incomplete (its harvest stopped before the end, with "
-            f"{store.rows('train'):,} train rows): rerun its harvest command to finish it, or pass "
-            "--allow-incomplete to train on what is there"
-        )
+    store.check_ready(allow_incomplete)
     if store.rows("train") == 0:
         raise SagsaeError(f"store {base.store} has no train rows: finish `sagsae harvest` first")
     if base.batch > store.rows("train"):
