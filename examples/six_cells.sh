@@ -58,15 +58,6 @@ for ML in $MODELS; do
   done
 
   if [ "$EXTRAS" = 1 ]; then
-    # H = 4d on mlp_out (two seeds): dead latents appear in wide dictionaries
-    for SEED in 0 1; do
-      sagsae train --store "$M/stores/mlp_out" --out "$M/runs-4d/mlp_out" --variant sa-gsae --width $((4 * D)) \
-        --l1 "$L1" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --quiet
-      sagsae train --store "$M/stores/mlp_out" --out "$M/runs-4d/mlp_out" --variant gated --width $((8 * D)) \
-        --l1 "$L1" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --quiet
-    done
-    sagsae eval "$M"/runs-4d/*/* --results "$M/results-4d" --eval-tokens "$EVAL_TOKENS" --lr-windows 0 --quiet
-    sagsae compare --results "$M/results-4d"
     # the ablation grid on mlp_out, and SA-GSAE at full width 2H on resid_mid
     sagsae ablate --store "$M/stores/mlp_out" --width "$D" --l1 0.1 --seeds 0 --tokens "$TOKENS" \
       --eval-tokens "$EVAL_TOKENS" --out "$M/ablation" --results "$M/results-ablation"
@@ -76,6 +67,15 @@ for ML in $MODELS; do
     sagsae eval "$M"/runs-sa2h/*/* "$M"/runs/resid_mid/gated-* --results "$M/results-sa2h" \
       --eval-tokens "$EVAL_TOKENS" --lr-windows 0 --quiet
     sagsae compare --results "$M/results-sa2h" --width-ratio 1
+    # H = 4d on mlp_out (two seeds): dead latents appear in wide dictionaries
+    for SEED in 0 1; do
+      sagsae train --store "$M/stores/mlp_out" --out "$M/runs-4d/mlp_out" --variant sa-gsae --width $((4 * D)) \
+        --l1 "$L1" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --quiet
+      sagsae train --store "$M/stores/mlp_out" --out "$M/runs-4d/mlp_out" --variant gated --width $((8 * D)) \
+        --l1 "$L1" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --quiet
+    done
+    sagsae eval "$M"/runs-4d/*/* --results "$M/results-4d" --eval-tokens "$EVAL_TOKENS" --lr-windows 0 --quiet
+    sagsae compare --results "$M/results-4d"
   fi
 done
 echo "tables in $OUT/*/results, figures in $OUT/*/figures"

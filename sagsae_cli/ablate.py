@@ -1,4 +1,4 @@
-"""`sagsae ablate`: the paper's ablation grid on one store (docs/METHOD.md §5) = train + eval + a table.
+"""`sagsae ablate`: the ablation grid (the abstract's two-sided gate, auxiliary loss and tying, plus our no-reset and Gated at H) on one store (docs/METHOD.md §5) = train + eval + a table.
 
 Variants at width H: sa-gsae (tied, the reference), sa-gsae-untied, no-aux, one-sided, no-reset,
 gated; plus gated at 2H. All runs share one pass over the data; finished runs are skipped.

@@ -35,7 +35,8 @@ Seeds = Annotated[str, typer.Option(help="Model seeds, comma-separated.")]
 Tokens = Annotated[str, typer.Option(help="Training tokens per run (50M, 200k, 1e6 ...).")]
 Batch = Annotated[str, typer.Option(help="Tokens per batch; auto: about 8,000 steps for --tokens (a power of two in 128-4096).")]  # fmt: skip
 Lr = Annotated[str, typer.Option(help="Base learning rate (auto: 2e-3); log thresholds learn at --threshold-lr-mult x it.")]  # fmt: skip
-ThresholdLrMult = Annotated[str, typer.Option(help="Learning-rate multiple for log thresholds; auto: 100 / (steps x lr) within 1-10 (the paper's 10 up to 5,000 steps at lr 2e-3; 3.2 at 2M tokens with the auto batch and lr).")]  # fmt: skip
+ThresholdLrMult = Annotated[str, typer.Option(help="Learning-rate multiple for log thresholds; auto: 100 / (steps x lr) within 1-10 (ours: 10, our reconstruction's multiple, up to 5,000 steps at lr 2e-3; 3.2 at 2M tokens with the auto batch and lr; docs/METHOD.md §8).")]  # fmt: skip
+DeadWindow = Annotated[str, typer.Option(help="Tokens of silence before a latent is reset; auto (or 0): 1.25% of the run within [25k, 10% of the run], at most 10M; variants that reset nothing: 10% (ours; docs/METHOD.md §8).")]  # fmt: skip
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 TrainDtype = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")]
 EvalTokens = Annotated[str, typer.Option(help="Held-out tokens per run (the same for every run).")]
@@ -265,6 +266,11 @@ def _check(ok: bool, message: str) -> None:
         raise SagsaeError(message)
 
 
+def _dead_window(text: str) -> int:
+    """--dead-window: a token count, or auto (0: the rule of train.default_dead_window)."""
+    return 0 if str(text).strip().lower() == "auto" else _tokens(text, "--dead-window", lo=0)
+
+
 def _check_norm_ratio(ratio: float) -> None:
     """harvest's and import's --max-norm-ratio: 0 keeps every row; below 1 would drop the median row."""
     _check(
@@ -313,18 +319,14 @@ def train(
     lr_decay: float = typer.Option(
         0.2, help="Final fraction of the run over which the lr decays linearly to 0."
     ),
-    adam_beta1: float = typer.Option(0.0, help="Adam beta1 (the paper's 0: no momentum)."),
+    adam_beta1: float = typer.Option(0.0, help="Adam beta1 (ours: 0, no momentum; docs/METHOD.md §8)."),
     snapshots: int = typer.Option(
         8, help="SAE-only snapshots at evenly spaced steps, for `sagsae eval --checkpoints` (0 = none)."
     ),
-    dead_window: str = typer.Option(
-        "0",
-        help="Tokens of silence before a latent is reset (0 = 1.25% of the run within [25k, 10% of the run], "
-        "at most 10M; variants that reset nothing: 10%; docs/METHOD.md §8).",
-    ),
+    dead_window: DeadWindow = "auto",
     reset_mode: str = typer.Option(
         "threshold",
-        help="What a dead-latent reset does: threshold (the paper's: theta_0, b_gate 0), residual (also "
+        help="What a dead-latent reset does: threshold (our reconstruction's: theta_0, b_gate 0), residual (also "
         "point the latent at the batch's worst-reconstructed token) or quantile (keep its direction, reopen "
         "it on as many of the batch's tokens as the average latent fires on); docs/METHOD.md §4.",
     ),
@@ -374,7 +376,7 @@ def train(
         math.isfinite(aux_coef) and aux_coef >= 0,
         f"--aux-coef must be a finite number >= 0 (got {aux_coef:g})",
     )
-    run_tokens, dead_tokens = _tokens(tokens), _tokens(dead_window, "--dead-window", lo=0)
+    run_tokens, dead_tokens = _tokens(tokens), _dead_window(dead_window)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(
         width=width, data_seed=data_seed, data_shards=data_shards, tokens=run_tokens, batch=batch, lr=lr,
@@ -454,6 +456,7 @@ def ablate(
     batch: Batch = "auto",
     lr: Lr = "auto",
     threshold_lr_mult: ThresholdLrMult = "auto",
+    dead_window: DeadWindow = "auto",
     out: RunsOut = "runs",
     results: str = typer.Option("results", help="Results directory."),
     eval_tokens: EvalTokens = "100k",
@@ -478,7 +481,8 @@ def ablate(
     run_tokens = _tokens(tokens)
     batch, lr = _batch_lr(run_tokens, batch, lr)
     base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=run_tokens, batch=batch, lr=lr,
-                       threshold_lr_mult=_threshold_lr_mult(threshold_lr_mult), store=store)  # fmt: skip
+                       threshold_lr_mult=_threshold_lr_mult(threshold_lr_mult), store=store,
+                       dead_window=_dead_window(dead_window))  # fmt: skip
     seed_list = _ints(seeds, "--seeds")
     table = run_ablate(
         base, seed_list, out, results, eval_tokens, force=force, quiet=quiet, device=device, dtype=dtype

@@ -64,17 +64,24 @@ def next_token_loss(model: nn.Module, ids: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 2:].reshape(-1)))
 
 
+LOGIT_BYTES = 256 * 2**20
+
+
 @torch.no_grad()
 def loss_recovered(model, ids: torch.Tensor, hook: str, layer: int, reconstruct, batch: int = 8) -> dict:
     """CE clean, zero-ablated and with ``reconstruct`` spliced in, and LR, over windows ``ids``."""
     ce = {"clean": 0.0, "zero": 0.0, "sae": 0.0}
     fns = {"zero": torch.zeros_like, "sae": reconstruct}
-    chunks = ids.split(batch)
-    for chunk in chunks:
-        ce["clean"] += next_token_loss(model, chunk) / len(chunks)
+    # windows per forward: at most ``batch``, and few enough that the float32 logits stay within
+    # LOGIT_BYTES (Gemma-3's 262k-token vocabulary makes 8 windows of 128 tokens 1 GiB of logits)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = max(1, min(batch, LOGIT_BYTES // (4 * vocab * max(1, ids.shape[1]))))
+    for chunk in ids.split(batch):
+        share = len(chunk) / len(ids)
+        ce["clean"] += next_token_loss(model, chunk) * share
         for name, fn in fns.items():
             with Splice(model, hook, layer, fn):
-                ce[name] += next_token_loss(model, chunk) / len(chunks)
+                ce[name] += next_token_loss(model, chunk) * share
     denom = ce["zero"] - ce["clean"]
     lr = (ce["zero"] - ce["sae"]) / denom if abs(denom) > 1e-12 else float("nan")
     return {"ce_clean": ce["clean"], "ce_zero": ce["zero"], "ce_sae": ce["sae"], "loss_recovered": lr}

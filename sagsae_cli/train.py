@@ -182,7 +182,7 @@ TARGET_STEPS = 8_000
 MIN_BATCH, MAX_BATCH = 128, 4096
 AUTO_LR = 2e-3  # every converged run of the convergence study used it (3e-4 ended dense at 2M tokens)
 # --threshold-lr-mult auto: steps x (log theta's lr) = THRESHOLD_BUDGET, the multiple kept within [1, 10]. The
-# paper's 10x up to 5,000 steps at lr 2e-3; 3.2x for the CPU recipe (15,625 steps), where 10x made SA-GSAE's
+# reconstruction's 10x (../shared/PAPER.md; the abstract gives no recipe) up to 5,000 steps at lr 2e-3; 3.2x for the CPU recipe (15,625 steps), where 10x made SA-GSAE's
 # thresholds overshoot and its latents die, and 1x left them still climbing at the end (docs/METHOD.md §8)
 THRESHOLD_BUDGET = 100.0
 FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE converges
@@ -196,7 +196,7 @@ DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
 # no resets in the final 10% of a run at least (the old window's span), whatever the window
 RESET_FREE_TAIL = 0.1
 
-# what a dead-latent reset does (docs/METHOD.md §4): the paper's (theta_0, b_gate 0), also pointing the latent
+# what a dead-latent reset does (docs/METHOD.md §4): our reconstruction's (theta_0, b_gate 0), also pointing the latent
 # at the batch's worst-reconstructed token, or reopening it where it fires on a few of the batch's tokens
 RESET_MODES = ("threshold", "residual", "quantile")
 
@@ -231,7 +231,7 @@ def auto_batch(tokens: int) -> int:
 
 def auto_threshold_lr_mult(lr: float, steps: int) -> float:
     """The multiple of ``lr`` at which log thresholds learn under ``auto``: THRESHOLD_BUDGET / (steps x lr)
-    within [1, 10] (10 is the paper's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
+    within [1, 10] (10 is our reconstruction's): 10 for the quickstart's 1,172 steps, 3.2 for 15,625 at 2e-3."""
     return min(10.0, max(1.0, THRESHOLD_BUDGET / (max(steps, 1) * lr)))
 
 

@@ -2,7 +2,7 @@
 
     z = (x - b_dec) W_enc + b_enc      f = z H(z - theta)      L = ||x - x_hat||^2 + lambda sum_i H(z_i - theta_i)
 
-H has no gradient; theta gets the paper's straight-through estimate with the rectangle kernel
+H has no gradient; theta gets the JumpReLU paper's (Rajamanoharan et al. 2024) straight-through estimate with the rectangle kernel
 K(u) = 1[|u| < 1/2] and bandwidth eps:
     d JumpReLU(z) / d theta = -(theta / eps) K((z - theta) / eps)
     d H(z - theta) / d theta = -(1 / eps) K((z - theta) / eps)
