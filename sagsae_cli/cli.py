@@ -400,7 +400,19 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    runs: list[str] = typer.Argument(..., help="Run directories (shell globs welcome: runs/*)."),
+    runs: list[str] = typer.Argument(
+        ...,
+        help="Run directories (shell globs welcome: runs/*), or SAE directories made by SAELens, sparsify or "
+        "dictionary_learning (with --store).",
+    ),
+    store: Optional[str] = typer.Option(
+        None, help="Store to evaluate SAEs made elsewhere on (they act on its raw activations)."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False,
+        help="Evaluate an SAE made elsewhere although the model or hook it records differs from the store's "
+        "(d must still match).",
+    ),
     results: str = typer.Option("results", help="Results directory (Parquet tables)."),
     eval_tokens: EvalTokens = "100k",
     bipolar_threshold: float = typer.Option(0.1, help="Minority share at which a latent counts as bipolar."),
@@ -414,9 +426,9 @@ def eval_cmd(
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Held-out metrics of trained runs into <results>/eval/<run>.parquet.
+    """Held-out metrics of trained runs (or SAEs made elsewhere) into <results>/eval/<run>.parquet.
 
-    R², MSE, L0 (f != 0), dead fraction and parameters on the store's eval split; axis recovery and latents per axis on synthetic stores.
+    R², MSE, L0 (f != 0), dead fraction, parameters, the bipolar census and the opposed-pairs census on the store's eval split; loss recovered on LM stores; axis recovery and latents per axis on synthetic stores.
     """
     from sagsae_cli.evaluate import evaluate
 
@@ -428,12 +440,12 @@ def eval_cmd(
     _check(lr_windows >= 0, f"--lr-windows must be >= 0 (got {lr_windows})")
     frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
                      lr_windows=lr_windows, model=model, quiet=quiet, checkpoints=checkpoints,
-                     device=device)  # fmt: skip
+                     device=device, store=store, allow_mismatch=allow_mismatch)  # fmt: skip
     if frame.empty:
         console.print(f"no run has finished yet: snapshots evaluated into {results}/checkpoints/")
         return
-    cols = ["run", "params", "r2", "l0", "dead_frac", "bipolar_frac", "loss_recovered", "axis_recovery",
-            "latents_per_axis"]  # fmt: skip
+    cols = ["run", "params", "r2", "l0", "dead_frac", "bipolar_frac", "opposed_pair_share", "loss_recovered",
+            "axis_recovery", "latents_per_axis"]  # fmt: skip
     cols = [c for c in cols if c in frame]
     table = Table(title=f"evaluation ({eval_tokens:,} held-out tokens per run)")
     for c in cols:
@@ -498,6 +510,49 @@ def ablate(
     for label, r in agg.iterrows():
         t.add_row(label, f"{r.r2:.4f}", f"{r.l0:.2f}", f"{r.dead_frac:.3f}", f"{r.delta_r2:+.4f}")
     console.print(t)
+
+
+@app.command()
+def pairs(
+    sae: str = typer.Argument(
+        ..., help="A run directory, or an SAE directory made by SAELens, sparsify or dictionary_learning."
+    ),
+    store: Optional[str] = typer.Option(
+        None, help="Store to read (default: a run's own; needed for SAEs made elsewhere)."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="Parquet file for the pairs table."),
+    cos: float = typer.Option(
+        0.9, help="tau: decoder rows with cosine <= -tau are a candidate pair (0 < tau <= 1)."
+    ),
+    max_cofire: float = typer.Option(
+        0.05,
+        help="A pair is opposed when both latents co-fire on at most this share of the rarer one's firings.",
+    ),
+    eval_tokens: EvalTokens = "100k",
+    allow_mismatch: bool = typer.Option(
+        False, help="Accept a store whose model or hook name differs from the SAE's."
+    ),
+    force: bool = typer.Option(False, help="Replace an existing --out."),
+    device: Device = "auto",
+) -> None:
+    """Opposed pairs in a one-signed SAE: latents whose decoder rows point nearly opposite ways and rarely fire together.
+
+    The capacity sign-awareness would save: per pair the cosine, both firing frequencies and the co-firing rate; per SAE the count and the share of live latents they occupy (an SA-GSAE holds both signs in one latent: its bipolar share is printed beside).
+    """
+    from sagsae_cli.pairs import pairs as find_pairs
+    from sagsae_cli.pairs import write
+
+    _check(0 < cos <= 1, f"--cos is tau in (0, 1] (got {cos:g})")
+    _check(0 <= max_cofire <= 1, f"--max-cofire is a share in [0, 1] (got {max_cofire:g})")
+    table, summary = find_pairs(sae, store, tau=cos, max_cofire=max_cofire, eval_tokens=_tokens(eval_tokens, "--eval-tokens"),
+                                allow_mismatch=allow_mismatch, device=device)  # fmt: skip
+    path = write(table, out, force=force)
+    console.print(
+        f"{summary['opposed_pairs']:,} opposed pairs (cosine <= -{cos:g}, co-firing <= {max_cofire:g}) among "
+        f"{summary['candidates']:,} candidates: {summary['opposed_pair_share']:.1%} of {summary['live']:,} live latents "
+        f"(width {summary['width']:,}); bipolar latents: {summary['bipolar_frac']:.1%} of live; {summary['tokens']:,} "
+        f"held-out tokens; saved {path}"
+    )
 
 
 @app.command()
@@ -582,6 +637,13 @@ def _print_compare(frame, a: str, b: str, ratio: int, ratio_label) -> None:
                       f"{num(r.dead_ratio_geomean, '.3g')}x ({num(r.dead_ratio_seed_min, '.3g')}x)",
                       r.paper_verdict + ("" if r.verdict_every_seed else " (not in every seed)"))  # fmt: skip
     console.print(table)
+    for _, r in frame.iterrows():
+        if pd.notna(r.get("b_opposed_pair_share", float("nan"))):
+            console.print(
+                f"{r.model} {r.hook}: {r.b} spends {r.b_opposed_pair_share:.1%} of its live latents on opposed pairs; "
+                f"{r.a} holds both signs in {r.a_bipolar_frac:.1%} of its live latents (sweep means)",
+                markup=False,
+            )
     for _, r in frame.iterrows():
         if r.paper:
             console.print(f"the paper, {r.hook} (Pythia-1B, SmolLM3-3B): {r.paper}", markup=False)

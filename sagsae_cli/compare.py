@@ -32,8 +32,10 @@ def seed_means(table: pd.DataFrame) -> pd.DataFrame:
     if "target_l0" not in table:  # tables written before target_l0 was a column
         table = table.assign(target_l0=0.0)
     _one_run_per_seed(table)
+    if "opposed_pair_share" not in table:  # tables evaluated before eval counted opposed pairs
+        table = table.assign(opposed_pair_share=float("nan"))
     g = table.groupby(POINT_KEYS, dropna=False)
-    points = g[["l0", "r2", "dead_frac", "bipolar_frac"]].mean()
+    points = g[["l0", "r2", "dead_frac", "bipolar_frac", "opposed_pair_share"]].mean()
     points["r2_min"], points["r2_max"], points["seeds"] = g["r2"].min(), g["r2"].max(), g["seed"].nunique()
     return points.reset_index()
 
@@ -153,7 +155,11 @@ def _compare_rows(table, matched_l0, a, b, ratio) -> list[dict]:
                 "dead_cut_seed_min": float(ps.dead_cut_at_l0.min()) if len(ps) else float("nan"),
                 "dead_ratio_seed_min": float(ps.dead_ratio_geomean.min()) if len(ps) else float("nan"),
             }
-            rows.append({**head, "points_a": len(fa), "points_b": len(fb), "seeds": len(ps), **mean, **every,
+            # what sign-awareness holds in one latent (A's bipolar share) against what a one-signed B spends on
+            # two (the share of its live latents in opposed pairs), sweep means
+            capacity = {"a_bipolar_frac": float(fa.bipolar_frac.mean()),
+                        "b_opposed_pair_share": float(fb.opposed_pair_share.mean())}  # fmt: skip
+            rows.append({**head, "points_a": len(fa), "points_b": len(fb), "seeds": len(ps), **mean, **every, **capacity,
                          "paper": PAPER_CELLS.get(hook, "") if ratio == 2 else "", "per_seed": per_seed})  # fmt: skip
     if not rows:
         raise SagsaeError(

@@ -17,15 +17,76 @@ import torch
 from sagsae_cli.distributed import pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import REEVAL, SAE_WEIGHTS, TRAIN_CFG, atomic_write, read_parquet
+from sagsae_cli.files import REEVAL, SAE_WEIGHTS, atomic_write, read_parquet
 from sagsae_cli.files import train_cfg as read_train_cfg
 from sagsae_cli.location import Location
-from sagsae_cli.metrics import R2, Census, axis_recovery, census_summary, fired, latents_per_axis
+from sagsae_cli.metrics import (
+    R2,
+    Census,
+    axis_recovery,
+    census_summary,
+    cofiring,
+    fired,
+    latents_per_axis,
+    opposed_pairs,
+    opposed_summary,
+    pairs_table,
+)
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
 from sagsae_cli.store import open_store
 from sagsae_cli.train import snapshot_dirs, snapshot_tokens
+
+PAIR_COS, PAIR_COFIRE = 0.9, 0.05  # eval's opposed-pairs census: decoder cosine <= -0.9, co-firing <= 5%
+
+
+def measure(forward, w_dec: torch.Tensor, store, n: int, device, batch: int = 4096, tau: float = PAIR_COS):
+    """The metrics of one SAE over the first ``n`` eval rows of ``store`` (normalised rows):
+    ``forward(x) -> (f, x_hat, losses)`` in normalised units; ``w_dec`` (latents x d) gives the candidate
+    opposed pairs (decoder cosine <= -``tau``), whose firing and co-firing are counted in the same pass.
+    Returns (metric fields, census table, live mask, pairs table). Shared by sagsae's runs and SAEs made
+    elsewhere."""
+    d_sae = w_dec.shape[0]
+    r2, active, live = R2(), 0, torch.zeros(d_sae, dtype=torch.bool, device=device)
+    census = Census(d_sae, device=device)
+    pairs = opposed_pairs(w_dec, tau)
+    fires = torch.zeros(d_sae, dtype=torch.long, device=device)
+    both = torch.zeros(len(pairs), dtype=torch.long, device=device)
+    terms: dict[str, float] = {}  # the training loss's terms, summed over tokens
+    with torch.no_grad():
+        for x in sequential_batches(store, "eval", batch, max_rows=n):
+            x = x.to(device)
+            f, x_hat, losses = forward(x)
+            for name, value in losses.items():
+                terms[name] = terms.get(name, 0.0) + float(value) * x.shape[0]
+            r2.update(x, x_hat)  # also the squared error, summed in float64
+            active += int((f != 0).sum())
+            live |= fired(f)
+            census.update(f)
+            per_latent, per_pair = cofiring(f, pairs)
+            fires += per_latent
+            both += per_pair
+    row = {"eval_tokens": n, "r2": r2.value(), "mse": r2.sse / n, "l0": active / n,
+           "dead_frac": 1.0 - float(live.float().mean())}  # fmt: skip
+    if terms:
+        # the held-out training objective at the SAE's coefficient (cfg.json's l1: for target-L0 runs
+        # the one it had then), and its terms: what `compare` reads tokens_to_objective from
+        row["objective"] = sum(terms.values()) / n
+        row.update({f"objective_{name}": value / n for name, value in terms.items()})
+    table = pairs_table(pairs, fires.cpu(), both.cpu(), n)
+    row.update(opposed_summary(table, int(live.sum()), PAIR_COFIRE))
+    return row, census.table(), live, table
+
+
+def _finish_row(row: dict, census_table: pd.DataFrame, live, w_dec, store, bipolar_threshold: float) -> None:
+    """The census summary and axis recovery (synthetic stores) of a row."""
+    row.update(census_summary(census_table, bipolar_threshold))
+    truth = store.truth()
+    if truth is not None:
+        axes, w_dec, live = torch.from_numpy(truth["axes"]), w_dec.detach().float().cpu(), live.cpu()
+        row["axis_recovery"] = axis_recovery(w_dec, axes, live)
+        row["latents_per_axis"] = latents_per_axis(w_dec, axes, live)
 
 
 def evaluate_run(
@@ -42,24 +103,16 @@ def evaluate_run(
     n = eval_rows_for(run_dir, sae, store, eval_tokens)
     store.check_chunks()
     sae.to(device)
-    r2, active, live = R2(), 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
-    census = Census(sae.cfg.d_sae, device=device)
-    terms: dict[str, float] = {}  # the training loss's terms, summed over tokens
-    with torch.no_grad():
-        for x in sequential_batches(store, "eval", batch, max_rows=n):
-            x = x.to(device)
-            out = sae(x)  # the SAE's encode/decode plus its loss terms at its own coefficient
-            f, x_hat = out.f, out.x_hat
-            for name, value in out.losses.items():
-                terms[name] = terms.get(name, 0.0) + float(value) * x.shape[0]
-            r2.update(x, x_hat)  # also the squared error, summed in float64
-            nz = f != 0
-            active += int(nz.sum())
-            live |= fired(f)
-            census.update(f)
+
+    def forward(x):
+        out = sae(x)  # the SAE's encode/decode plus its loss terms at its own coefficient
+        return out.f, out.x_hat, out.losses
+
+    metrics, census_table, live, _ = measure(forward, sae.W_dec.detach(), store, n, device, batch)
     row = {
         "run": run_dir.name,
         "run_dir": str(run_dir),
+        "source": "sagsae",
         "variant": sae.cfg.variant,
         "width": sae.cfg.d_sae,
         # the requested coefficient: seeds of one target-L0 sweep share it (and their target), so they
@@ -71,27 +124,13 @@ def evaluate_run(
         "seed": train_cfg["seed"],
         "model": store.meta.get("model", ""),
         "hook": store.meta.get("hook", ""),
-        "eval_tokens": n,
         "tokens": snapshot_tokens(weights) if weights else steps * int(train_cfg["batch"]),
         "final": weights is None,
-        "r2": r2.value(),
-        "mse": r2.sse / n,
-        "l0": active / n,
-        "dead_frac": 1.0 - float(live.float().mean()),
-        # the held-out training objective at the SAE's coefficient (cfg.json's l1: for target-L0 runs
-        # the one it had then), and its terms: what `compare` reads tokens_to_objective from
-        "objective": sum(terms.values()) / n,
-        **{f"objective_{name}": value / n for name, value in terms.items()},
+        **metrics,
         "params": sae.param_count(),
         "bipolar_threshold": bipolar_threshold,
     }
-    census_table = census.table()
-    row.update(census_summary(census_table, bipolar_threshold))
-    truth = store.truth()
-    if truth is not None:
-        axes, w_dec, live = torch.from_numpy(truth["axes"]), sae.W_dec.detach().cpu(), live.cpu()
-        row["axis_recovery"] = axis_recovery(w_dec, axes, live)
-        row["latents_per_axis"] = latents_per_axis(w_dec, axes, live)
+    _finish_row(row, census_table, live, sae.W_dec, store, bipolar_threshold)
     if lm is not None:
         row.update(_loss_recovered(weights or run_dir, store, *lm))
     census_table.insert(0, "run", run_dir.name)
@@ -99,32 +138,129 @@ def evaluate_run(
     return row, census_table
 
 
+def evaluate_foreign(
+    sae_dir: Path, store, eval_tokens: int, batch: int = 4096, bipolar_threshold: float = 0.1, lm=None,
+    device: str | torch.device = "cpu", allow_mismatch: bool = False,
+):  # fmt: skip
+    """(summary row, census table) of an SAE made elsewhere (``foreign.load_foreign``) on ``store``'s eval
+    split. It acts on raw activations: each normalised row is scaled back by the store's norm factor
+    before it is encoded, and the reconstruction divided by it, so R² and MSE are in the same units as
+    for sagsae's own runs."""
+    from sagsae_cli.foreign import load_foreign
+
+    fs = load_foreign(sae_dir).to(device)
+    n = eval_rows_for(sae_dir, fs, store, eval_tokens)
+    check_pairing(fs, store, allow_mismatch)
+    metrics, census_table, live, _ = measure(foreign_forward(fs, store), fs.W_dec, store, n, device, batch)
+    row = {"run": sae_dir.name, "run_dir": str(sae_dir), "source": fs.source, "variant": fs.name,
+           "width": fs.d_sae, "l1": float("nan"), "l1_final": float("nan"), "target_l0": 0.0, "k": fs.k,
+           "seed": 0, "model": store.meta.get("model", ""), "hook": store.meta.get("hook", ""),
+           "tokens": 0, "final": True, **metrics,
+           "params": int(sum(v.numel() for v in fs.t.values())), "bipolar_threshold": bipolar_threshold}  # fmt: skip
+    _finish_row(row, census_table, live, fs.W_dec, store, bipolar_threshold)
+    if lm is not None:
+        row.update(_splice_loss(store, *lm, lambda x: fs.forward(x)[1]))
+    census_table.insert(0, "run", sae_dir.name)
+    census_table.insert(1, "hook", row["hook"])
+    return row, census_table
+
+
+def foreign_forward(fs, store):
+    """``measure``'s forward for an SAE made elsewhere: it acts on raw activations, so each normalised row
+    is scaled back by the store's norm factor and the reconstruction divided by it."""
+    s = store.norm_factor
+
+    def forward(x):
+        f, x_hat = fs.forward(x * s)
+        return f, x_hat / s, {}
+
+    return forward
+
+
+def check_pairing(fs, store, allow_mismatch: bool = False) -> None:
+    """An SAE made elsewhere and a store must belong together: the same d, and the model and hook each
+    records (when both do) must agree; ``allow_mismatch`` lets the names (never d) differ."""
+    if allow_mismatch:
+        return
+    for what, mine, theirs in (("model", fs.model_name, store.meta.get("model", "")),
+                               ("hook", fs.hook_name, store.meta.get("hook_name") or store.meta.get("hook", ""))):  # fmt: skip
+        if mine and theirs and not _same_name(what, mine, theirs, store):
+            raise SagsaeError(
+                f"{fs.path} was trained on {what} {mine!r} but the store {store.path} holds {what} {theirs!r}: "
+                "choose the matching store, or pass --allow-mismatch to evaluate it anyway (d matches)"
+            )
+
+
+def _same_name(what: str, mine: str, theirs: str, store) -> bool:
+    """Model ids match by their last path part (EleutherAI/pythia-70m = pythia-70m); hooks by
+    TransformerLens name, sagsae name or the store's recorded names."""
+    if what == "model":
+        tail = lambda s: s.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+        return (
+            tail(mine) == tail(theirs)
+            or tail(mine) in tail(store.meta.get("model_source", ""))
+            or tail(theirs).startswith(tail(mine))
+        )
+    names = {theirs, store.meta.get("hook", ""), store.meta.get("hook_name", "")}
+    layer = store.meta.get("layer")
+    if layer is not None:  # sparsify's module paths: layers.L (resid_post), layers.L.mlp, layers.L.self_attn
+        hook = store.meta.get("hook", "")
+        names |= {f"layers.{layer}.mlp" if hook == "mlp_out" else "", f"layers.{layer}.self_attn" if hook == "attn_out" else "",
+                  f"layers.{layer}" if hook == "resid_post" else "", f"layer {layer}"}  # fmt: skip
+    return mine in names - {""}
+
+
 def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) -> dict:
+    raw_sae, _ = load_sae(run_dir, normalised=False)  # folded weights act on raw activations
+    return _splice_loss(store, model, tokenizer, max_windows, lambda x: raw_sae.decode(raw_sae.encode(x)))
+
+
+def _splice_loss(store, model, tokenizer, max_windows: int, reconstruct) -> dict:
+    """Loss recovered with ``reconstruct`` (raw activations in, raw out) spliced in at the store's hook."""
     from sagsae_cli.splice import eval_windows, loss_recovered
 
     ids = eval_windows(store, tokenizer, max_windows)
     if ids is None:
         return {}
-    raw_sae, _ = load_sae(run_dir, normalised=False)  # folded weights act on raw activations
     with torch.no_grad():
-        out = loss_recovered(model, ids, store.meta["hook"], int(store.meta["layer"]),
-                             lambda x: raw_sae.decode(raw_sae.encode(x)))  # fmt: skip
+        out = loss_recovered(model, ids, store.meta["hook"], int(store.meta["layer"]), reconstruct)
     return {**out, "lr_windows": int(ids.shape[0])}
 
 
 def evaluate(
     run_dirs: list[str], results: str | Path, eval_tokens: int = 100_000, force: bool = False,
     bipolar_threshold: float = 0.1, lr_windows: int = 16, model: str | None = None, quiet: bool = False,
-    checkpoints: bool = False, device: str = "cpu",
+    checkpoints: bool = False, device: str = "cpu", store: str | None = None, allow_mismatch: bool = False,
 ):  # fmt: skip
     """Evaluate every finished run into ``<results>/eval``; with ``checkpoints`` also every snapshot
     a run kept (unfinished runs included) into ``<results>/checkpoints`` (the same columns, one row
-    per snapshot, ``tokens`` says when). Returns the final rows (new and cached) as a DataFrame."""
-    dirs = [Path(d) for d in run_dirs if (Path(d) / TRAIN_CFG).exists()]
-    if not dirs:
-        raise SagsaeError("no run directories matched (each holds train_cfg.json): check the paths")
+    per snapshot, ``tokens`` says when). SAE directories made elsewhere (SAELens, sparsify,
+    dictionary_learning: ``foreign``) are evaluated on ``store``, which they need. Returns the final rows
+    (new and cached) as a DataFrame."""
+    from sagsae_cli.foreign import detect
+
+    sources, skipped = {}, []
+    for d in map(Path, run_dirs):  # shell globs may also match other files: those are skipped
+        try:
+            sources[d] = detect(d)
+        except SagsaeError as e:
+            skipped.append(e)
+    if not sources:
+        raise skipped[0] if skipped else SagsaeError("no run directories given")
+    dirs = list(sources)
+    foreign = [d for d in dirs if sources[d] != "sagsae"]
+    if foreign and store is None:
+        raise SagsaeError(
+            f"{foreign[0]} was made by {sources[foreign[0]]}, not sagsae: give the store of its hookpoint with --store"
+        )
+    shared = open_store(store) if store is not None else None
+    if shared is not None:
+        shared.check_chunks()
     items = []  # (run dir, snapshot dir or None for the final SAE)
     for d in dirs:
+        if d in foreign:
+            items.append((d, None))
+            continue
         finished, snaps = (d / SAE_WEIGHTS).exists(), (snapshot_dirs(d) if checkpoints else [])
         if not finished and not snaps:
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
@@ -134,7 +270,9 @@ def evaluate(
     tables = {name: Path(results) / name for name in ("eval", "census", "checkpoints")}
     rows, lms = [], {}
     dev = pick_device(device)
-    eval_rows = {d: _eval_rows(d) for d in dirs}  # one store open per run, not per snapshot
+    eval_rows = {
+        d: (shared.rows("eval") if d in foreign else _eval_rows(d)) for d in dirs
+    }  # one store open per run
     with progress_bar("eval", total=len(items), unit="SAE", quiet=quiet) as bar:
         for d, snap in items:
             bar.note(f"{d.parent.name}/{d.name}" + (f" @ {snapshot_tokens(snap):,} tokens" if snap else ""))
@@ -142,21 +280,26 @@ def evaluate(
             weights = snap or d
             key = cache_key(weights, eval_tokens=min(eval_tokens, eval_rows[d]),
                             bipolar_threshold=bipolar_threshold, lr_windows=0 if snap else lr_windows,
-                            model=None if snap else model)  # fmt: skip
+                            model=None if snap else model,
+                            **({"store": shared.path.canonical()} if d in foreign else {}))  # fmt: skip
             old = None if force or not part.exists() else _read_part(part)
-            # rows cached before the objective was recorded are recomputed once
+            # rows cached before the objective and the opposed pairs were recorded are recomputed once
             if (
                 old is not None
-                and "cache_key" in old
-                and old["cache_key"].iloc[0] == key
-                and "objective" in old
+                and old.get("cache_key", pd.Series([None])).iloc[0] == key
+                and "opposed_pairs" in old
             ):
                 row = old.iloc[0].to_dict()
             else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
-                lm = None if snap else _lm_for(d, lr_windows, model, lms)
-                row, census = evaluate_run(
-                    d, eval_tokens, bipolar_threshold=bipolar_threshold, lm=lm, weights=snap, device=dev
-                )
+                if d in foreign:
+                    lm = _lm_of_store(shared, lr_windows, model, lms)
+                    row, census = evaluate_foreign(d, shared, eval_tokens, bipolar_threshold=bipolar_threshold,
+                                                   lm=lm, device=dev, allow_mismatch=allow_mismatch)  # fmt: skip
+                else:
+                    lm = None if snap else _lm_for(d, lr_windows, model, lms)
+                    row, census = evaluate_run(
+                        d, eval_tokens, bipolar_threshold=bipolar_threshold, lm=lm, weights=snap, device=dev
+                    )
                 row["cache_key"] = key
                 if not snap:
                     write_parquet(census, tables["census"] / part.name)
@@ -178,7 +321,8 @@ def cache_key(run_dir: Path, **settings) -> str:
     """What a cached row depends on: the evaluation settings and the SAE's weights (a run retrained
     with --force gets a new row)."""
     h = hashlib.sha256()
-    with open(run_dir / SAE_WEIGHTS, "rb") as f:
+    weights = next(run_dir / n for n in (SAE_WEIGHTS, "sae.safetensors", "ae.pt") if (run_dir / n).exists())
+    with open(weights, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
     return json.dumps({**settings, "weights": h.hexdigest()[:16]}, sort_keys=True)
@@ -203,10 +347,11 @@ def part_name(run_dir: Path, snapshot: Path | None = None) -> str:
 def eval_rows_for(run_dir: Path, sae, store, tokens: int, fix: str = "") -> int:
     """How many of ``store``'s eval rows to use for ``sae`` (at most ``tokens``); a store of another
     width or without eval rows is one line (``fix``: what to do about the former)."""
-    if store.d != sae.cfg.d_in:
+    d_in = sae.cfg.d_in if hasattr(sae, "cfg") else sae.d_in
+    if store.d != d_in:
         raise SagsaeError(
-            f"{run_dir} has d_in={sae.cfg.d_in} but the store {store.path} has d={store.d}"
-            + (f": {fix}" if fix else "")
+            f"{run_dir} has d_in={d_in} but the store {store.path} has d={store.d}: "
+            + (fix or "choose the store of the hookpoint this SAE was trained on")
         )
     n = min(tokens, store.rows("eval"))
     if n == 0:
@@ -255,9 +400,13 @@ def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
 
 def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):
     """(model, tokenizer, windows) for loss recovered, or None (synthetic store, or disabled)."""
+    return _lm_of_store(run_store(run_dir), lr_windows, override, cache) if lr_windows > 0 else None
+
+
+def _lm_of_store(store, lr_windows: int, override: str | None, cache: dict):
+    """(model, tokenizer, windows) of the model that made ``store``, or None (not an LM store, disabled)."""
     if lr_windows <= 0:
         return None
-    store = run_store(run_dir)
     if store.meta.get("source") != "lm":
         return None
     from sagsae_cli.models import store_model

@@ -320,3 +320,54 @@ def dead_reduction(l0_a, dead_a, n_a, l0_b, dead_b, n_b, matched_l0: float | Non
         ratio = (_interp_log(l0_b, dead_b, grid) + floor) / (_interp_log(l0_a, dead_a, grid) + floor)
         out["dead_ratio_geomean"] = float(np.exp(np.log(ratio).mean()))
     return out
+
+
+# --- opposed pairs: what a one-signed SAE spends on the two signs of one direction -----------------------
+def opposed_pairs(w_dec: torch.Tensor, tau: float = 0.9, live: torch.Tensor | None = None, block: int = 4096):
+    """Pairs (i < j) of latents whose decoder rows are nearly opposite: cos(W_dec[i], W_dec[j]) <= -tau.
+    Only ``live`` latents take part when given. The cosine matrix is computed in row blocks of ``block``
+    latents (memory block x H, not H x H). Returns an (n, 3) float64 tensor of (i, j, cosine)."""
+    w = torch.nn.functional.normalize(w_dec.detach().double(), dim=1)
+    idx = torch.arange(w.shape[0]) if live is None else torch.nonzero(live.cpu(), as_tuple=True)[0]
+    w = w[idx.to(w.device)]
+    found = []
+    for start in range(0, w.shape[0], block):
+        cos = w[start : start + block] @ w.T
+        i, j = torch.nonzero(cos <= -tau, as_tuple=True)
+        keep = j > i + start  # each pair once
+        i, j = i[keep], j[keep]
+        found.append(
+            torch.stack([idx[(i + start).cpu()].double(), idx[j.cpu()].double(), cos[i, j].cpu()], 1)
+        )
+    return torch.cat(found) if found else torch.zeros(0, 3, dtype=torch.float64)
+
+
+def cofiring(f: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens on which each latent fires (H,), tokens on which both latents of each pair fire (n,)) in
+    one batch of codes ``f`` (tokens x H); summed over batches by the caller."""
+    on = f != 0
+    i, j = pairs[:, 0].long().to(f.device), pairs[:, 1].long().to(f.device)
+    return on.sum(0), (on[:, i] & on[:, j]).sum(0)
+
+
+def pairs_table(pairs: torch.Tensor, fires: torch.Tensor, both: torch.Tensor, tokens: int):
+    """One row per candidate pair: latents i and j, their decoder cosine, each one's firing frequency,
+    and ``cofire``: the share of the rarer latent's firings on which the other fires too (0 = never
+    together, as the two signs of one feature; 1 = always)."""
+    import pandas as pd
+
+    i, j = pairs[:, 0].long(), pairs[:, 1].long()
+    fi, fj = fires[i].double(), fires[j].double()
+    rarer = torch.minimum(fi, fj)
+    cofire = torch.where(rarer > 0, both.double() / rarer.clamp_min(1), torch.zeros_like(rarer))
+    return pd.DataFrame({"i": i.numpy(), "j": j.numpy(), "cos": pairs[:, 2].numpy(),
+                         "freq_i": (fi / max(tokens, 1)).numpy(), "freq_j": (fj / max(tokens, 1)).numpy(),
+                         "cofire": cofire.numpy()})  # fmt: skip
+
+
+def opposed_summary(table, live: int, max_cofire: float = 0.05) -> dict:
+    """From ``pairs_table``: the opposed pairs (both latents live, co-firing at most ``max_cofire``), their
+    count and the share of live latents they occupy (a latent in two pairs counts once)."""
+    ok = table[(table.freq_i > 0) & (table.freq_j > 0) & (table.cofire <= max_cofire)]
+    members = len(set(ok.i) | set(ok.j))
+    return {"opposed_pairs": len(ok), "opposed_pair_share": members / live if live > 0 else 0.0}

@@ -42,7 +42,7 @@ def test_eval_writes_one_part_per_run_and_skips(runs):
 
 def test_eval_bad_input(runs, tmp_path):
     p = run_cli("eval", tmp_path / "nothing", "--results", tmp_path / "r", check=2)
-    assert "no run directories matched" in p.stderr and "Traceback" not in p.stderr
+    assert "does not exist" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_same_run_id_in_two_directories_keeps_both_rows(runs, tmp_path):
