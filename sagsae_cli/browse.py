@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.evaluate import eval_rows_for, run_store
-from sagsae_cli.files import SAE_CFG, TRAIN_CFG, read_json, train_cfg
-from sagsae_cli.metrics import Census
+from sagsae_cli.evaluate import PAIR_COFIRE, PAIR_COS, check_pairing, eval_rows_for, run_store
+from sagsae_cli.files import SAE_CFG, read_json, train_cfg
+from sagsae_cli.metrics import Census, cofiring, opposed_pairs, pairs_table
 from sagsae_cli.models import store_model
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.sae import load_sae
@@ -54,6 +54,7 @@ class RunStats:
     w_dec: np.ndarray  # (H, d) decoder directions
     contexts: dict = field(default_factory=dict)  # (sign, latent) -> list of context dicts
     logits: dict = field(default_factory=dict)  # latent -> (promoted [(tok, v)], suppressed [(tok, v)])
+    opposed: list = field(default_factory=list)  # opposed pairs (metrics.pairs_table rows that qualify)
 
 
 def _topk_merge(vals: torch.Tensor, rows: torch.Tensor, batch: torch.Tensor, offset: int, k: int):
@@ -67,17 +68,32 @@ def _topk_merge(vals: torch.Tensor, rows: torch.Tensor, batch: torch.Tensor, off
 
 
 def collect(run_dir: Path, store, n_tokens: int, top_k: int, batch: int = 4096, device="cpu",
-            quiet: bool = False) -> RunStats:  # fmt: skip
-    """One streaming pass over a run's eval tokens (``stream_stats``), with the run's metadata."""
-    sae, _ = load_sae(run_dir)
+            quiet: bool = False, allow_mismatch: bool = False) -> RunStats:  # fmt: skip
+    """One streaming pass over a run's (or an SAE made elsewhere's) eval tokens (``stream_stats``), with
+    its metadata and its opposed pairs."""
+    from sagsae_cli.foreign import detect, load_foreign, normalised_view
+
+    if detect(run_dir) == "sagsae":
+        sae, _ = load_sae(run_dir)
+        meta = _run_meta(run_dir, store, sae)
+    else:
+        fs = load_foreign(run_dir)
+        check_pairing(fs, store, allow_mismatch)
+        sae = normalised_view(fs, store.norm_factor)
+        meta = {**_store_meta(store), "run": run_dir.name, "run_dir": str(run_dir), "variant": fs.name,
+                "width": fs.d_sae, "l1": None, "seed": None}  # fmt: skip
     n = eval_rows_for(run_dir, sae, store, n_tokens,
                       "it was harvested from another model or hookpoint; give the run's own store with --store")  # fmt: skip
-    census, top, hist = stream_stats(
-        sae, store, n, top_k, batch, device, label=f"browse {run_dir.name}", quiet=quiet
+    pairs = opposed_pairs(sae.W_dec.detach(), PAIR_COS)
+    census, top, hist, fires, both = stream_stats(
+        sae, store, n, top_k, batch, device, label=f"browse {run_dir.name}", quiet=quiet, pairs=pairs
     )
+    table = pairs_table(pairs, fires.cpu(), both.cpu(), n)
+    opposed = table[(table.freq_i > 0) & (table.freq_j > 0) & (table.cofire <= PAIR_COFIRE)]
     return RunStats(
+        opposed=opposed.to_dict("records"),
         name=run_dir.name,
-        meta=_run_meta(run_dir, store, sae),
+        meta=meta,
         n_tokens=n,
         census=census.table(),
         top_acts={s: top[s][0].cpu().numpy() for s in SIGNS},
@@ -87,9 +103,11 @@ def collect(run_dir: Path, store, n_tokens: int, top_k: int, batch: int = 4096, 
     )
 
 
-def stream_stats(sae, store, n: int, top_k: int, batch: int = 4096, device="cpu", label="browse", quiet=True):
+def stream_stats(sae, store, n: int, top_k: int, batch: int = 4096, device="cpu", label="browse", quiet=True,
+                 pairs=None):  # fmt: skip
     """Census, |a| histograms (H, bins) and top-K (values, rows) as (H, K) per sign, from the first ``n``
-    eval rows in batches: memory O(batch x H + K x H), whatever ``n``."""
+    eval rows in batches: memory O(batch x H + K x H), whatever ``n``; with ``pairs`` (candidate opposed
+    pairs, ``metrics.opposed_pairs``) also the firing counts per latent and co-firing counts per pair."""
     sae.to(device)
     h, edges = sae.cfg.d_sae, torch.tensor(HIST_EDGES, dtype=torch.float32, device=device)
     bins = len(HIST_EDGES) + 1
@@ -99,10 +117,17 @@ def stream_stats(sae, store, n: int, top_k: int, batch: int = 4096, device="cpu"
     top = {s: (torch.zeros(h, top_k, device=device), torch.zeros(h, top_k, dtype=torch.long, device=device))
            for s in SIGNS}  # fmt: skip
     hist = {s: torch.zeros(h * bins, device=device) for s in SIGNS}
+    fires = torch.zeros(h, dtype=torch.long, device=device)
+    both = torch.zeros(0 if pairs is None else len(pairs), dtype=torch.long, device=device)
     with torch.no_grad(), progress_bar(label, total=n, quiet=quiet) as bar:
         for start in range(0, n, batch):
             x = store.read("eval", start, min(start + batch, n), normalise=True).to(device)
-            f_t = sae.encode(x).T.contiguous()  # (H, B): per-latent rows for the top-K and the sums
+            f = sae.encode(x)
+            if pairs is not None:
+                per_latent, per_pair = cofiring(f, pairs)
+                fires += per_latent
+                both += per_pair
+            f_t = f.T.contiguous()  # (H, B): per-latent rows for the top-K and the sums
             for s, sign in SIGNS.items():
                 v = (f_t * sign).clamp_min_(0)
                 top[s] = _topk_merge(*top[s], v, start, top_k)
@@ -112,14 +137,17 @@ def stream_stats(sae, store, n: int, top_k: int, batch: int = 4096, device="cpu"
                 lat, a = fired.nonzero(as_tuple=True)[0], v[fired]  # both in row-major order
                 hist[s].index_add_(0, lat * bins + torch.bucketize(a, edges), torch.ones_like(a))
             bar.advance(x.shape[0])
-    return census, top, {s: hist[s].view(h, bins) for s in SIGNS}
+    return census, top, {s: hist[s].view(h, bins) for s in SIGNS}, fires, both
 
 
 def _run_meta(run_dir: Path, store, sae) -> dict:
     cfg = train_cfg(run_dir)
     return {"run": run_dir.name, "run_dir": str(run_dir), "variant": sae.cfg.variant or sae.cfg.architecture,
-            "width": sae.cfg.d_sae, "l1": cfg.get("l1"), "seed": cfg.get("seed"),
-            "model": store.meta.get("model", ""), "hook": store.meta.get("hook_name") or store.meta.get("hook", ""),
+            "width": sae.cfg.d_sae, "l1": cfg.get("l1"), "seed": cfg.get("seed"), **_store_meta(store)}  # fmt: skip
+
+
+def _store_meta(store) -> dict:
+    return {"model": store.meta.get("model", ""), "hook": store.meta.get("hook_name") or store.meta.get("hook", ""),
             "source": store.meta.get("source", ""), "store": str(store.path)}  # fmt: skip
 
 
@@ -283,8 +311,10 @@ def write_site(
             "This store holds no tokens (synthetic data), so there are no contexts or logit effects: "
             "the table and histograms only."
         )  # fmt: skip
+        opposed = [{"i": int(p["i"]), "j": int(p["j"]), "cos": float(p["cos"]), "cofire": float(p["cofire"]),
+                    "freq_i": float(p["freq_i"]), "freq_j": float(p["freq_j"])} for p in stats.opposed]  # fmt: skip
         manifest["runs"].append({"id": rid, **stats.meta, "tokens": stats.n_tokens, "note": note,
-                                 "latents": int(stats.w_dec.shape[0])})  # fmt: skip
+                                 "latents": int(stats.w_dec.shape[0]), "opposed": opposed})  # fmt: skip
         _js(tmp / "data" / f"{rid}-index.js", "SAGSAE.index", {"run": rid, "rows": _index_rows(feats)})
         for start in range(0, stats.w_dec.shape[0], CHUNK):
             part = feats[(feats.latent >= start) & (feats.latent < start + CHUNK)]
@@ -319,19 +349,25 @@ def _check_out(out: Path, force: bool) -> None:
 
 def browse(run_dirs: list[str], out: str | Path, *, store: str | None = None, tokens: int | None = None,
            top_k: int = 10, compare: bool = False, force: bool = False, device: str = "cpu",
-           quiet: bool = False, latents: list[int] | None = None) -> Path:  # fmt: skip
+           quiet: bool = False, latents: list[int] | None = None, allow_mismatch: bool = False) -> Path:  # fmt: skip
     """Build the site (and features.parquet, pairs.parquet with ``compare``) into ``out``, atomically."""
     out = Path(out)
+    from sagsae_cli.foreign import detect, load_foreign
+
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
-        if not (d / TRAIN_CFG).exists():
-            raise SagsaeError(f"{d} is not a run directory (no train_cfg.json): give `sagsae train` outputs")
-        if not (d / SAE_CFG).exists():
+        source = detect(d)
+        if source != "sagsae" and store is None:
+            raise SagsaeError(
+                f"{d} was made by {source}, not sagsae: give the store of its hookpoint with --store"
+            )
+        if source == "sagsae" and not (d / SAE_CFG).exists():
             raise SagsaeError(f"{d} has not finished training: rerun its `sagsae train` command first")
     if compare and len(dirs) != 2:
         raise SagsaeError(f"--compare takes exactly two runs, A (signed) and B (got {len(dirs)})")
     if compare:
-        ds = [read_json(d / SAE_CFG, "retrain the run").get("d_in") for d in dirs]
+        ds = [read_json(d / SAE_CFG, "retrain the run").get("d_in") if detect(d) == "sagsae" else load_foreign(d).d_in
+              for d in dirs]  # fmt: skip
         if ds[0] != ds[1]:
             raise SagsaeError(
                 f"--compare needs two SAEs of one activation space: {dirs[0].name} has d = {ds[0]}, {dirs[1].name} "
@@ -342,9 +378,10 @@ def browse(run_dirs: list[str], out: str | Path, *, store: str | None = None, to
     runs = []
     for d in dirs:
         st = open_store(store) if store else run_store(d)
-        _check_store(d, st)
+        if detect(d) == "sagsae":
+            _check_store(d, st)
         n = st.rows("eval") if tokens is None else tokens
-        stats = collect(d, st, n, top_k, device=device, quiet=quiet)
+        stats = collect(d, st, n, top_k, device=device, quiet=quiet, allow_mismatch=allow_mismatch)
         if st.meta.get("source") == "lm":
             model, tok = store_model(st, lms)
             add_contexts(stats, st, tok)

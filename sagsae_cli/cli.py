@@ -37,6 +37,7 @@ Batch = Annotated[str, typer.Option(help="Tokens per batch; auto: about 8,000 st
 Lr = Annotated[str, typer.Option(help="Base learning rate (auto: 2e-3); log thresholds learn at --threshold-lr-mult x it.")]  # fmt: skip
 ThresholdLrMult = Annotated[str, typer.Option(help="Learning-rate multiple for log thresholds; auto: 100 / (steps x lr) within 1-10 (ours: 10, our reconstruction's multiple, up to 5,000 steps at lr 2e-3; 3.2 at 2M tokens with the auto batch and lr; docs/METHOD.md §8).")]  # fmt: skip
 DeadWindow = Annotated[str, typer.Option(help="Tokens of silence before a latent is reset; auto (or 0): 1.25% of the run within [25k, 10% of the run], at most 10M; variants that reset nothing: 10% (ours; docs/METHOD.md §8).")]  # fmt: skip
+AllowMismatch = Annotated[bool, typer.Option(help="Use an SAE made elsewhere although the model or hook it records differs from the store's (d must still match).")]  # fmt: skip
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 TrainDtype = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")]
 EvalTokens = Annotated[str, typer.Option(help="Held-out tokens per run (the same for every run).")]
@@ -408,11 +409,7 @@ def eval_cmd(
     store: Optional[str] = typer.Option(
         None, help="Store to evaluate SAEs made elsewhere on (they act on its raw activations)."
     ),
-    allow_mismatch: bool = typer.Option(
-        False,
-        help="Evaluate an SAE made elsewhere although the model or hook it records differs from the store's "
-        "(d must still match).",
-    ),
+    allow_mismatch: AllowMismatch = False,
     results: str = typer.Option("results", help="Results directory (Parquet tables)."),
     eval_tokens: EvalTokens = "100k",
     bipolar_threshold: float = typer.Option(0.1, help="Minority share at which a latent counts as bipolar."),
@@ -529,9 +526,7 @@ def pairs(
         help="A pair is opposed when both latents co-fire on at most this share of the rarer one's firings.",
     ),
     eval_tokens: EvalTokens = "100k",
-    allow_mismatch: bool = typer.Option(
-        False, help="Accept a store whose model or hook name differs from the SAE's."
-    ),
+    allow_mismatch: AllowMismatch = False,
     force: bool = typer.Option(False, help="Replace an existing --out."),
     device: Device = "auto",
 ) -> None:
@@ -717,14 +712,17 @@ def plot(
 @app.command()
 def browse(
     runs: list[str] = typer.Argument(
-        ..., help="Run directories (two with --compare: A signed, B one-signed)."
+        ...,
+        help="Run directories, or SAE directories made by SAELens, sparsify or dictionary_learning (with --store); "
+        "two with --compare: A signed, B one-signed.",
     ),
     out: str = typer.Option(
         "site", "--out", "-o", help="Directory for the site (built aside, then moved in)."
     ),
     store: Optional[str] = typer.Option(
-        None, help="Store to read (default: the one each run was trained on)."
+        None, help="Store to read (default: the one each run was trained on; needed for SAEs made elsewhere)."
     ),
+    allow_mismatch: AllowMismatch = False,
     tokens: Optional[str] = typer.Option(
         None, help="Held-out tokens to stream (default: the whole eval split)."
     ),
@@ -740,7 +738,7 @@ def browse(
 ) -> None:
     """A feature browser: a static site of every latent, both signs apart.
 
-    Per latent and sign: top contexts, activation histograms and logit effects, as features.parquet and a static site (open <out>/index.html; no server, no network).
+    Per latent and sign: top contexts, activation histograms and logit effects, as features.parquet and a static site (open <out>/index.html; no server, no network). A one-signed SAE's opposed pairs (decoder cosine <= -0.9, co-firing <= 5%) are listed, each pair's two latents side by side.
     """
     from sagsae_cli.browse import browse as run_browse
     from sagsae_cli.distributed import pick_device
@@ -749,7 +747,7 @@ def browse(
     n = None if tokens is None else _tokens(tokens, "--tokens")
     keep = None if latents is None else _latent_list(latents)
     index = run_browse(runs, out, store=store, tokens=n, top_k=top, compare=compare, force=force,
-                       device=pick_device(device), quiet=quiet, latents=keep)  # fmt: skip
+                       device=pick_device(device), quiet=quiet, latents=keep, allow_mismatch=allow_mismatch)  # fmt: skip
     console.print(f"site: {index} (open it in a browser); table: {Path(out) / 'features.parquet'}")
 
 

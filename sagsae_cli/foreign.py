@@ -148,6 +148,34 @@ class ForeignSAE:
         return f, self.decode(f, undo, x)
 
 
+class _View:
+    """An SAE made elsewhere seen as sagsae's SAEs are: ``encode`` on normalised rows (x / s), ``cfg.d_sae``,
+    ``W_dec``; what ``browse.stream_stats`` and ``eval_rows_for`` read."""
+
+    def __init__(self, fs: ForeignSAE, norm_factor: float):
+        from types import SimpleNamespace
+
+        self.fs, self.s = fs, float(norm_factor)
+        self.cfg = SimpleNamespace(
+            d_sae=fs.d_sae, d_in=fs.d_in, variant=fs.name, architecture=fs.architecture
+        )
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.fs.W_dec
+
+    def to(self, device):
+        self.fs.to(device)
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fs.encode(x * self.s)
+
+
+def normalised_view(fs: ForeignSAE, norm_factor: float) -> _View:
+    return _View(fs, norm_factor)
+
+
 # --- readers, one per library -------------------------------------------------------------------------
 def _tensors(path: Path, fix: str) -> dict[str, torch.Tensor]:
     try:

@@ -266,6 +266,7 @@ def test_pairs_on_synthetic_ground_truth(tmp_path, capsys, paired, expect):
         w = torch.nn.functional.normalize(load_sae(run)[0].W_dec.detach().double(), dim=1)
         best = (w[opposed.i.to_numpy().copy()] @ axes.T).abs().max(1).values
         assert (best > 0.9).all()
+        _browse_shows_the_pairs(run, tmp_path, capsys, opposed)
     else:
         assert len(opposed) == 0, opposed
     # the summary in eval's row says the same
@@ -285,3 +286,55 @@ def test_pairs_cli_refuses_bad_input(tmp_path, capsys):
         one_line_error(
             run_inproc("pairs", tmp_path, "--out", tmp_path / "p.parquet", flag, value, capsys=capsys), flag
         )
+
+
+def _browse_shows_the_pairs(run, tmp_path, capsys, opposed):
+    """browse lists the run's opposed pairs (the same as `sagsae pairs`) and shows a pair's two latents side
+    by side (in a real browser where chromium is installed)."""
+    site = tmp_path / "site"
+    p = run_inproc("browse", run, "--out", site, "--quiet", "--device", "cpu", capsys=capsys)
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads((site / "data" / "manifest.js").read_text().split("(", 1)[1].rsplit(")", 1)[0])
+    listed = {(q["i"], q["j"]) for q in manifest["runs"][0]["opposed"]}
+    assert listed == set(zip(opposed.i, opposed.j))
+    from test_browse import _chromium
+
+    chromium = _chromium()
+    if chromium is None:
+        return
+    playwright = pytest.importorskip("playwright.sync_api")
+    i, j = sorted(listed)[0]
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_default_timeout(600_000)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((site / "index.html").as_uri() + "#r0/opposed")
+        page.wait_for_selector("#opposed tbody tr")
+        assert page.locator("#opposed tbody tr").count() == len(listed)
+        assert page.locator("#opposed-link").is_visible()
+        page.click(f"a[href='#r0/{i}/{j}']")
+        page.wait_for_selector(f"#pair[data-i='{i}'][data-j='{j}']")
+        assert page.locator("#pair .side").count() == 2
+        browser.close()
+    assert not errors, errors
+
+
+@needs_libs
+@pytest.mark.parametrize("name", ["sl-gated", "dl-jumprelu"])
+def test_browse_reads_an_sae_made_elsewhere(made, store, tmp_path, capsys, name):
+    """browse on an SAE made elsewhere: the + side's firing counts equal those of the SAE's own forward on
+    the store's raw eval rows."""
+    from sagsae_cli.store import open_store
+
+    site = tmp_path / "site"
+    p = run_inproc("browse", made / name, "--store", store, "--allow-mismatch", "--out", site, "--quiet", "--device",
+                   "cpu", capsys=capsys)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    feats = pd.read_parquet(site / "features.parquet")
+    s = open_store(store)
+    f = load_foreign(made / name).encode(s.read("eval", 0, s.rows("eval"), normalise=False))
+    plus = feats[feats.sign == "+"].set_index("latent")["count"].sort_index()
+    assert plus.tolist() == (f > 0).sum(0).tolist()
+    one_line_error(run_inproc("browse", made / name, "--out", tmp_path / "x", capsys=capsys), "--store")

@@ -41,7 +41,12 @@ const SAGSAE = (() => {
   function route() {
     const h = decodeURIComponent(location.hash.slice(1));
     if (h === "pairs" && state.manifest.pairs) { selectRun(state.manifest.pairs.a, () => renderPairs()); return; }
-    const [rid, lat] = h.split("/");
+    const [rid, lat, j] = h.split("/");
+    if (lat === "opposed" && state.manifest.runs.some((r) => r.id === rid)) { selectRun(rid, () => renderOpposed(rid)); return; }
+    if (j !== undefined && j !== "" && state.manifest.runs.some((r) => r.id === rid)) {
+      selectRun(rid, () => showPair(rid, Number(lat), Number(j)));
+      return;
+    }
     const target = state.manifest.runs.some((r) => r.id === rid) ? rid : state.manifest.runs[0].id;
     selectRun(target, () => { if (lat !== undefined && lat !== "") showLatent(target, Number(lat)); });
   }
@@ -53,6 +58,10 @@ const SAGSAE = (() => {
     const r = run();
     $("#note").hidden = !r.note;
     $("#note").textContent = r.note;
+    const opp = $("#opposed-link"), n = (r.opposed || []).length;
+    opp.hidden = !n;
+    opp.textContent = `opposed pairs (${n})`;
+    opp.setAttribute("href", `#${rid}/opposed`);
     const go = () => { if (fresh) renderIndex(); then && then(); };
     if (state.index[rid]) go(); else { state.waiting[`i${rid}`] = go; load(`data/${rid}-index.js`); }
   }
@@ -97,14 +106,46 @@ const SAGSAE = (() => {
       (dead ? ` (${dead} dead not listed)` : "") + ` · ${run().tokens.toLocaleString()} held-out tokens`;
   }
 
-  function showLatent(rid, lat) {
+  function withLatent(rid, lat, then) {
     const c = Math.floor(lat / state.manifest.chunk), key = `${rid}-${c}`;
     const draw = () => {
       const d = state.chunks[key][lat];
-      if (d) renderLatent(rid, lat, d);
+      if (d) then(d);
       else $("#detail").replaceChildren(el("p", { class: "hint", text: `Latent ${lat} is not in this site (see --latents).` }));
     };
     if (state.chunks[key]) draw(); else { state.waiting[`c${key}`] = draw; load(`data/${key}.js`); }
+  }
+
+  function showLatent(rid, lat) { withLatent(rid, lat, (d) => renderLatent(rid, lat, d)); }
+
+  // an opposed pair of a one-signed SAE: its two latents side by side, as a bipolar latent's two signs
+  function showPair(rid, i, j) {
+    withLatent(rid, i, (di) => withLatent(rid, j, (dj) => {
+      const r = run(), p = (r.opposed || []).find((q) => q.i === i && q.j === j);
+      const box = el("div", { id: "pair", "data-run": rid, "data-i": i, "data-j": j });
+      box.append(el("h2", { text: `Opposed pair ${i} / ${j}` }),
+        el("p", { class: "muted", text: `${r.run} · ${r.variant} · decoder cosine ${p ? fmt(p.cos) : "?"} · co-firing ${p ? fmt(p.cofire) : "?"} of the rarer latent's firings — two latents for what one signed latent holds` }));
+      const histMax = Math.max(1, ...di["+"].hist, ...dj["+"].hist);
+      const a = side(rid, i, "+", di["+"], histMax), b = side(rid, j, "+", dj["+"], histMax);
+      a.querySelector("h3").textContent = `latent ${i} (direction +w)`;
+      b.querySelector("h3").textContent = `latent ${j} (direction ≈ −w)`;
+      b.classList.replace("plus", "minus");
+      box.append(el("div", { class: "sides" }, a, b));
+      $("#detail").replaceChildren(box);
+    }));
+  }
+
+  function renderOpposed(rid) {
+    const r = run(), rows = r.opposed || [];
+    const t = el("table", { id: "opposed" }, el("thead", {}, el("tr", {}, ...["pair", "cos", "freq i", "freq j", "co-firing"].map((h) => el("th", { text: h })))));
+    const body = el("tbody");
+    for (const p of rows) {
+      body.append(el("tr", {}, el("td", {}, el("a", { href: `#${rid}/${p.i}/${p.j}`, text: `${p.i} / ${p.j}` })),
+        el("td", { text: fmt(p.cos) }), el("td", { text: fmt(p.freq_i) }), el("td", { text: fmt(p.freq_j) }), el("td", { text: fmt(p.cofire) })));
+    }
+    t.append(body);
+    $("#detail").replaceChildren(el("h2", { text: "Opposed pairs" }),
+      el("p", { class: "muted", text: `${rows.length} pairs of latents whose decoder directions point nearly opposite ways and rarely fire together: the capacity a one-signed SAE spends on what one sign-aware latent holds.` }), t);
   }
 
   function chunk(x) {
