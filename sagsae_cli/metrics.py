@@ -330,15 +330,16 @@ def opposed_pairs(w_dec: torch.Tensor, tau: float = 0.9, live: torch.Tensor | No
     w = torch.nn.functional.normalize(w_dec.detach().double(), dim=1)
     idx = torch.arange(w.shape[0]) if live is None else torch.nonzero(live.cpu(), as_tuple=True)[0]
     w = w[idx.to(w.device)]
+    w32 = w.float()  # screened in float32 with a margin, kept by the exact float64 cosine
     found = []
     for start in range(0, w.shape[0], block):
-        cos = w[start : start + block] @ w.T
-        i, j = torch.nonzero(cos <= -tau, as_tuple=True)
-        keep = j > i + start  # each pair once
+        i, j = torch.nonzero(w32[start : start + block] @ w32.T <= -tau + 1e-4, as_tuple=True)
+        i = i + start
+        keep = j > i  # each pair once
         i, j = i[keep], j[keep]
-        found.append(
-            torch.stack([idx[(i + start).cpu()].double(), idx[j.cpu()].double(), cos[i, j].cpu()], 1)
-        )
+        cos = (w[i] * w[j]).sum(1)
+        ok = cos <= -tau
+        found.append(torch.stack([idx[i[ok].cpu()].double(), idx[j[ok].cpu()].double(), cos[ok].cpu()], 1))
     return torch.cat(found) if found else torch.zeros(0, 3, dtype=torch.float64)
 
 
