@@ -666,17 +666,18 @@ def _print_convergence(conv, gaps) -> None:
         title="convergence in tokens: until held-out R² stays within 0.005 and L0 within 10% of the run's final "
         "point (median, slowest), and until it stays on its sweep's final frontier (R² at most 0.005 below "
         "it at the run's L0; moving along it counts as converged), and until its held-out training objective "
-        "stays within 1% of its final value (— where a run never settles before its last point)"
+        "stays within 1% of its final value (— where the objective was not recorded); converged: settled before the "
+        "last point by all three (at the last point each holds trivially)"
     )
     heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest",
-             "objective median", "objective slowest", "of", "finished")  # fmt: skip
+             "objective median", "objective slowest", "of", "finished", "converged")  # fmt: skip
     for h in heads:
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
         table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), *_tokens_cells(g.tokens_to_converge),
                       *_tokens_cells(g.tokens_on_frontier), *_tokens_cells(g.tokens_to_objective),
                       f"{g.tokens_final.max():,}",
-                      f"{int(g.finished.sum())}/{len(g)}")  # fmt: skip
+                      f"{int(g.finished.sum())}/{len(g)}", f"{int(g.converged.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
     if gaps is None:
         return

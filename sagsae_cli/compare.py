@@ -210,7 +210,15 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
                      "tokens_to_objective": tokens_to_objective(g.tokens.to_numpy(), g.objective.to_numpy(),
                                                                 objective_tol),
                      "sweep_points": len(sweep)})  # fmt: skip
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        # converged: settled before the last point by every definition (at the last point each holds trivially)
+        settled = [
+            frame[c] < frame.tokens_final
+            for c in ("tokens_to_converge", "tokens_on_frontier", "tokens_to_objective")
+        ]
+        frame["converged"] = settled[0] & settled[1] & settled[2]
+    return frame
 
 
 def gap_by_tokens(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, matched_l0: float | None = None,

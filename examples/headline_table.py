@@ -1,0 +1,71 @@
+"""docs/RESULTS.md's headline table: the paper's six cells (from its abstract) and ours side by side, from the
+compare and convergence tables that `sagsae compare` saved in each results directory.
+
+    python examples/headline_table.py out/six/smollm2-135m/results out/six/gemma3-270m/results [--tokens 200k]
+
+Ours: seed means, verdicts per seed in brackets; "converged" counts the runs that settled before their last
+snapshot by all three of compare's tokens-to-converge definitions.
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sagsae_cli.compare import BAND
+
+PAPER = [  # the abstract (../shared/PAPER.md §1): widths, budgets and per-cell figures beyond these are not stated
+    ("Pythia-1B", "mlp_out", "yes", "≥ 0", "yes", "—", "~100–500×"),
+    ("SmolLM3-3B", "mlp_out", "yes", "≥ 0", "yes", "—", "~100–500×"),
+    ("Pythia-1B", "resid_mid", "yes", "≥ 0", "yes", "—", "~100–500×"),
+    ("SmolLM3-3B", "resid_mid", "no", "≥ −0.008", "yes", "0.35–0.62", "~2–4×"),
+    ("Pythia-1B", "attn_out", "no", "≥ −0.008", "yes", "0.35–0.62", "~2–4×"),
+    ("SmolLM3-3B", "attn_out", "no", "≥ −0.008", "yes", "0.35–0.62", "~2–4×"),
+]
+HEAD = ["source", "model", "hook", "H (SA) / 2H", "dominates? (every seed)", "worst gap (worst seed)",
+        "within 0.025?", "dead cut at matched L0", "dead ratio (geomean)", "seeds", "tokens per run",
+        "converged runs"]  # fmt: skip
+
+
+def yes(v) -> str:
+    return "yes" if v is True or v == 1 else "no"
+
+
+def ours(results: Path, tokens: str) -> list[list[str]]:
+    cmp = pd.read_parquet(results / "compare" / "compare.parquet")
+    conv_path = results / "compare" / "convergence.parquet"
+    conv = pd.read_parquet(conv_path) if conv_path.exists() else None
+    rows = []
+    for _, r in cmp.sort_values(["model", "hook"]).iterrows():
+        conv_cell = "—"
+        if conv is not None and "converged" in conv:
+            c = conv[(conv.model == r.model) & (conv.hook == r.hook) & conv.finished]
+            conv_cell = f"{int(c.converged.sum())}/{len(c)}"
+        width = r.a.split("@")[1] + " / " + r.b.split("@")[1]
+        rows.append(["ours", r.model, r.hook, width, f"{yes(r.dominates)} ({yes(r.dominates_every_seed)})",
+                     f"{r.worst_gap:+.4f} ({r.worst_gap_seed_min:+.4f})", yes(r.worst_gap >= -BAND),
+                     f"{r.dead_cut_at_l0:+.3f} at L0 {r.matched_l0:.3g}" if pd.notna(r.dead_cut_at_l0) else "n/a",
+                     f"{r.dead_ratio_geomean:.3g}×", str(r.seeds), tokens, conv_cell])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    tokens = "?"
+    if "--tokens" in args:
+        i = args.index("--tokens")
+        tokens, args = args[i + 1], args[:i] + args[i + 2 :]
+    rows = [
+        ["paper", m, h, "not stated", d, g, w, c, r, "3", "not stated", "not stated"]
+        for m, h, d, g, w, c, r in PAPER
+    ]
+    for results in args:
+        rows += ours(Path(results), tokens)
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
