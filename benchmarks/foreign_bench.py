@@ -85,7 +85,9 @@ def main() -> None:
     line = f"opposed pairs on {args.pairs_width:,} latents x d {args.pairs_d}: {t_block:.2f} s in blocks of 4,096 ({found:,} pairs)"
     if full_bytes <= 4 * 2**30:
         (t_full,) = best_times([full], repeats=1)
-        line += f"; one full matrix ({full_bytes / 2**30:.1f} GiB) {t_full:.2f} s: ratio {t_block / t_full:.2f}"
+        line += (
+            f"; one full matrix ({full_bytes / 2**30:.1f} GiB) {t_full:.2f} s: ratio {t_block / t_full:.2f}"
+        )
     print(line)
 
 
