@@ -297,6 +297,20 @@ class Run:
         self._claim(force)
 
     @property
+    def coef(self) -> float:
+        """The sparsity coefficient now; a target-L0 run adapts it on the device (read back only here:
+        at log steps, checkpoints and exports)."""
+        return float(self._coef_t) if self._coef_t is not None else self._coef
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        self._coef = float(value)
+        on_device = self.cfg.target_l0 > 0
+        self._coef_t = (
+            torch.tensor(self._coef, dtype=torch.float64, device=self.world.device) if on_device else None
+        )
+
+    @property
     def ckpt(self) -> Path:
         return self.dir / "checkpoints" / "last.pt"
 
@@ -391,7 +405,12 @@ class Run:
         cfg, sae = self.cfg, self.sae
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * g["lr_mult"] * lr_factor(self.step, cfg)
-        coef = self.coef * l1_factor(self.step, cfg)  # this step's coefficient, passed into the loss
+        # this step's coefficient, passed into the loss (a target-L0 run's stays on the device: float64
+        # product, then float32, as a Python float is cast when it meets the float32 loss terms)
+        if self._coef_t is not None:
+            coef = (self._coef_t * l1_factor(self.step, cfg)).float()
+        else:
+            coef = self._coef * l1_factor(self.step, cfg)
         n = x.shape[0]
         self.opt.zero_grad(set_to_none=False)
         if n:
@@ -422,9 +441,10 @@ class Run:
             self._reset_dead(residual, opening)
         l0_global = active.double() / max(n_total, 1)  # float64, as the host division it replaces
         if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
-            self.check_finite()  # the controller reads L0 on the host every step anyway
-            err = (float(l0_global) - cfg.target_l0) / cfg.target_l0
-            self.coef *= math.exp(L0_GAIN * max(-1.0, min(1.0, err)))
+            err = (
+                l0_global.to(self._coef_t.device) - cfg.target_l0
+            ) / cfg.target_l0  # on the device: no sync
+            self._coef_t.mul_(torch.exp(L0_GAIN * err.clamp(-1.0, 1.0)))
         self.step += 1
         return {"loss": loss_total, "x_hat": x_hat, "f": f, "terms": terms, "l0": l0_global}
 
@@ -457,7 +477,7 @@ class Run:
                 "harvest it again (with --model-dtype float32 if it was float16)"
             )
         kept = (
-            f"the last good checkpoint (step {torch.load(self.ckpt, weights_only=False)['step']}) is kept in "
+            f"the last good checkpoint (step {torch.load(self.ckpt, map_location='cpu', weights_only=False)['step']}) is kept in "
             f"{self.ckpt}; rerun with --force and a lower --lr"
             if self.ckpt.exists()
             else f"no checkpoint was written yet; rerun with --force and a lower --lr (now {self.cfg.lr:g})"

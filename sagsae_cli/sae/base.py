@@ -159,7 +159,7 @@ class SAE(nn.Module):
     def update_fired(self, fired: torch.Tensor, n_tokens: int) -> None:
         """Advance the silence counters; ``fired`` marks latents with f != 0 on some token."""
         self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)  # not [fired] = 0: boolean indexing syncs on CUDA
 
     def dead_mask(self, window: int | None = None) -> torch.Tensor:
         return self.tokens_since_fired >= (window or self.cfg.dead_tokens)

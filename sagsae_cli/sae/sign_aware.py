@@ -97,7 +97,10 @@ class SignAwareSAE(GatedFamily):
             else:
                 # pointed at a token, a latent starts at the median threshold (a 0-dim tensor: no sync),
                 # sparse at once; at theta_0 it would open on every token until its threshold climbs
-                log_theta.masked_fill_(mask, log_theta.median() if pointed else math.log(self.cfg.theta0))
+                if pointed:  # torch.where, not masked_fill_ with a tensor value (that reads it back)
+                    log_theta.copy_(torch.where(mask, log_theta.median(), log_theta))
+                else:
+                    log_theta.masked_fill_(mask, math.log(self.cfg.theta0))
         self.b_gate.masked_fill_(mask, 0.0)
         self.tokens_since_fired.masked_fill_(mask, 0)
         touched = {**dict.fromkeys(names, 0), "b_gate": 0}

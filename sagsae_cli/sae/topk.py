@@ -33,11 +33,13 @@ class TopKSAE(SAE):
         f = self._topk(z, self.cfg.k)
         x_hat = self.decode(f)
         losses = {"mse": self.mse(x, x_hat)}
-        dead = self.dead_mask()
-        n_aux = min(self.cfg.aux_k, int(dead.sum()))
-        if self.training and n_aux > 0:
-            aux = self._topk(z.masked_fill(~dead, float("-inf")), n_aux)
+        if self.training:
+            # no host sync: the top aux_k of the dead latents' pre-activations, the live ones at -inf
+            # (ReLU makes any of those picked 0), and the term multiplied by "some latent is dead"
+            dead = self.dead_mask()
+            aux = self._topk(z.masked_fill(~dead, float("-inf")), min(self.cfg.aux_k, self.cfg.d_sae))
             resid = (x - x_hat).detach()
             aux_loss = self.mse(resid, aux @ self.W_dec)
-            losses["aux"] = self.cfg.aux_k_coef * aux_loss / resid.pow(2).sum(-1).mean().clamp_min(1e-12)
+            scaled = self.cfg.aux_k_coef * aux_loss / resid.pow(2).sum(-1).mean().clamp_min(1e-12)
+            losses["aux"] = torch.where(dead.any(), scaled, torch.zeros_like(scaled))
         return Output(x_hat, f, losses)
