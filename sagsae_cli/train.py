@@ -189,7 +189,7 @@ FEW_STEPS = 4_000  # below this a run is warned that it may stop before SA-GSAE 
 
 
 # --dead-window auto: a latent silent for 1.25% of the run is reset, but never sooner than DEAD_MIN tokens
-# nor later than 10% of the run (the rule before the seventeenth session) or DEAD_MAX tokens. On the synthetic
+# nor later than 10% of the run (the legacy rule) or DEAD_MAX tokens. On the synthetic
 # superposition store 50k of 4M found every axis that 400k left missing; on SmolLM2 resid_mid, mlp_out and
 # attn_out 25k of 2M cost no R² and left fewer latents dead (docs/METHOD.md §8). Short runs keep 10%.
 DEAD_FRACTION, DEAD_MIN, DEAD_MAX = 0.0125, 25_000, 10_000_000
@@ -209,7 +209,7 @@ def auto_dead_window(tokens: int, batch: int) -> int:
 
 def legacy_dead_window(tokens: int, batch: int) -> int:
     """10% of the run within [one batch, DEAD_MAX]: the window of every run recorded with ``dead_window`` 0
-    (before the seventeenth session, 2026-12-02), and still the default of variants that reset nothing
+    (train_cfg.json format of 0.1.0 before 2026-12-02), and still the default of variants that reset nothing
     (their training log's dead fraction and TopK's auxK count dead latents; no evidence to move them)."""
     return min(DEAD_MAX, max(batch, tokens // 10))
 

@@ -185,7 +185,7 @@ def test_object_store_bad_input_is_one_line(tmp_path, s3):
 
 def test_lm_harvest_of_two_hooks_to_s3_equals_local(tmp_path, s3):
     """One process (torchrun harvests are compared with one-process ones in test_distributed.py; each
-    extra torchrun start is another chance of gloo's abort at exit, see the session notes)."""
+    extra torchrun start is another chance of gloo's abort at exit, see distributed.leave)."""
     from conftest import make_tiny_model, write_corpus
 
     model, corpus = make_tiny_model("llama", tmp_path / "m"), write_corpus(tmp_path / "c", n_docs=12)

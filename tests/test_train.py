@@ -258,7 +258,7 @@ def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
     for old in ({**mine, "dead_window": 0}, {k: v for k, v in mine.items() if k != "dead_window"}):
         theirs = _identity({**_DEFAULTS, **old})
         assert theirs["dead_window"] == 200_000 and _identity(mine)["dead_window"] == 25_000
-    # how a setting was given is not the run (records of the seventeenth session list the auto names)
+    # how a setting was given is not the run (records written by 0.1.0 before 2026-12-03 list the auto names)
     assert _identity({**mine, "auto": []}) == _identity(mine) == _identity({**mine, "auto": ["x"]})
     # a small run recorded with 0 resumes (10% = the new rule there); the budget's 6 steps give 600 tokens
     args = _train_args(synth, tmp_path, **{"--tokens": 6000, "--variant": "sa-gsae"})
