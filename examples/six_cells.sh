@@ -26,7 +26,10 @@ HOOKS=${HOOKS:-resid_mid mlp_out attn_out}
 STORE_TOKENS=${STORE_TOKENS:-400000} # harvested training tokens per model (runs take several epochs)
 EVAL_TOKENS=${EVAL_TOKENS:-50000}    # held-out tokens, from documents the train split never saw
 TOKENS=${TOKENS:-2M}                 # training tokens per run
-L1=${L1:-0.05,0.1,0.2}               # chosen so that the shared L0 range spans about 5-100
+# sparsity coefficients per model and hook, chosen so that each cell's shared L0 range spans about 5-100
+# (Gemma-3-270M's resid_mid and attn_out are sparse at the others' coefficients: L0 1-16 at 0.05-0.2)
+L1=${L1:-0.05,0.1,0.2}
+L1_GEMMA_SPARSE=${L1_GEMMA_SPARSE:-0.0125,0.025,0.05}
 SEEDS=${SEEDS:-0 1 2}
 LR_WINDOWS=${LR_WINDOWS:-8}          # held-out windows for loss recovered
 SNAPSHOTS=${SNAPSHOTS:-4}
@@ -48,9 +51,11 @@ for ML in $MODELS; do
   D=$(python -c 'import sys; from sagsae_cli.store import open_store; print(open_store(sys.argv[1]).d)' "$M/stores/mlp_out")
   for SEED in $SEEDS; do
     for HOOK in $HOOKS; do
+      COEFS=$L1
+      case "$MODEL:$HOOK" in gemma3-270m:resid_mid | gemma3-270m:attn_out) COEFS=$L1_GEMMA_SPARSE ;; esac
       for VW in "sa-gsae:$D" "gated:$((2 * D))"; do
         sagsae train --store "$M/stores/$HOOK" --out "$M/runs/$HOOK" --variant "${VW%%:*}" --width "${VW##*:}" \
-          --l1 "$L1" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --log-every 100 --quiet
+          --l1 "$COEFS" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --log-every 100 --quiet
       done
     done
     sagsae eval "$M"/runs/*/* --results "$M/results" --eval-tokens "$EVAL_TOKENS" --lr-windows "$LR_WINDOWS" \
@@ -66,8 +71,10 @@ for ML in $MODELS; do
     sagsae ablate --store "$M/stores/mlp_out" --width "$D" --l1 0.1 --seeds 0 --tokens "$TOKENS" \
       --eval-tokens "$EVAL_TOKENS" --out "$M/ablation" --results "$M/results-ablation"
     sagsae plot ablation --results "$M/results-ablation" --out "$M/figures"
+    COEFS=$L1
+    [ "$MODEL" = gemma3-270m ] && COEFS=$L1_GEMMA_SPARSE
     sagsae train --store "$M/stores/resid_mid" --out "$M/runs-sa2h/resid_mid" --variant sa-gsae \
-      --width $((2 * D)) --l1 "$L1" --seeds 0 --tokens "$TOKENS" --quiet
+      --width $((2 * D)) --l1 "$COEFS" --seeds 0 --tokens "$TOKENS" --quiet
     sagsae eval "$M"/runs-sa2h/*/* "$M"/runs/resid_mid/gated-* --results "$M/results-sa2h" \
       --eval-tokens "$EVAL_TOKENS" --lr-windows 0 --quiet
     sagsae compare --results "$M/results-sa2h" --width-ratio 1
