@@ -18,6 +18,12 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
+class OneProcess:
+    """The trainer's World for one CPU process (what `distributed.init_world` gives without torchrun)."""
+
+    device, main, active, size, rank = torch.device("cpu"), True, False, 1, 0
+
+
 def run_cli(*args, check=None, timeout=600, preexec_fn=None):
     """Run `python -m sagsae_cli ARGS` in a subprocess; returns CompletedProcess."""
     env = {**os.environ, "COLUMNS": "200"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import OneProcess, run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sagsae_cli.store import open_store
@@ -45,10 +45,6 @@ class SyncProbe(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-class _World:
-    device, main, active, size, rank = torch.device("cpu"), True, False, 1, 0
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("sync") / "s"
@@ -74,7 +70,7 @@ def test_a_training_step_makes_no_host_sync(store, tmp_path, variant, extra):
                       dead_window=200, l1_warmup_frac=0.0, warmup_steps=1, **extra)  # fmt: skip
     s = open_store(store)
     sample = s.read("train", 0, 2000, normalise=True)
-    run = Run(cfg, s.d, Path(tmp_path), sample, _World(), force=False)
+    run = Run(cfg, s.d, Path(tmp_path), sample, OneProcess(), force=False)
     batches = [s.read("train", i * 200, (i + 1) * 200, normalise=True) for i in range(6)]
     run.train_step(batches[0], torch.autocast("cpu", enabled=False))  # first-step set-up (optimiser state)
     probe = SyncProbe()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import OneProcess, run_cli
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.metrics import l0
@@ -26,10 +26,6 @@ from sagsae_cli.train import (
 )
 
 
-class _World:
-    device, main, active, size, rank = torch.device("cpu"), True, False, 1, 0
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("tp") / "s"
@@ -42,7 +38,7 @@ def _run(store, tmp_path, **kw):
     cfg = TrainConfig(store=str(store), **{"width": 24, "tokens": 20_000, "batch": 500, "lr": 1e-3, **kw})
     s = open_store(store)
     sample = s.read("train", 0, 4000, normalise=True)
-    return Run(cfg, s.d, Path(tmp_path), sample, _World(), force=False), s, sample
+    return Run(cfg, s.d, Path(tmp_path), sample, OneProcess(), force=False), s, sample
 
 
 def test_initialisation(store, tmp_path):
@@ -133,7 +129,7 @@ def test_residual_resets_point_dead_latents_at_the_batchs_worst_tokens(store, tm
         state = moved.opt.state[dict(moved.sae.named_parameters())[name]]
         assert (state["exp_avg_sq"][at] == 0).all() and (state["exp_avg_sq"] != 0).any(), name
     # torchrun would point each process's latents at its own tokens: refused before any work
-    world = type("W", (_World,), {"active": True, "size": 2})()
+    world = type("W", (OneProcess,), {"active": True, "size": 2})()
     monkeypatch.setattr("sagsae_cli.train.init_world", lambda dev: world)
     cfg = TrainConfig(store=str(store), width=24, tokens=20_000, batch=500, reset_mode="residual")
     with pytest.raises(SagsaeError, match="one process only"):
@@ -167,7 +163,7 @@ def test_quantile_resets_reopen_dead_latents_at_the_average_firing_count(store, 
             assert torch.equal(q, p), name
     assert float(plain_out["l0"]) == float(out["l0"])
     # torchrun would reopen each process's latents on its own tokens: refused before any work
-    world = type("W", (_World,), {"active": True, "size": 2})()
+    world = type("W", (OneProcess,), {"active": True, "size": 2})()
     monkeypatch.setattr("sagsae_cli.train.init_world", lambda dev: world)
     cfg = TrainConfig(store=str(store), width=24, tokens=20_000, batch=500, reset_mode="quantile")
     with pytest.raises(SagsaeError, match="quantile runs in one process only"):
