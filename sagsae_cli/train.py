@@ -395,9 +395,10 @@ class Run:
         self.save_checkpoint()
 
     def _export(self, path: Path, norm_factor: float) -> None:
-        """cfg.json + weights at ``path``, with the coefficient the run has now (target-L0 runs adapt it)."""
-        self.sae.cfg.l1 = self.coef
-        self.sae.to("cpu").save(path, norm_factor=norm_factor)
+        """cfg.json + weights at ``path``: ``l1`` as train_cfg.json has it, and a target-L0 run's adapted
+        coefficient now under ``l1_final``."""
+        final = {"l1_final": self.coef} if self.cfg.target_l0 > 0 else {}
+        self.sae.to("cpu").save(path, norm_factor=norm_factor, **final)
         self.sae.to(self.world.device)
 
     # --- one optimiser step -------------------------------------------------------------------

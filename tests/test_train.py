@@ -299,6 +299,18 @@ def test_target_l0_controller_lands_near_the_target(synth, tmp_path):
     hist = pd.read_parquet(run / "history.parquet")
     assert hist["l0"].tail(5).mean() == pytest.approx(4.0, rel=0.15)
     assert hist["coef"].iloc[-1] < 0.4  # the controller lowered lambda from its starting value
+    # cfg.json is the SAE as trained: l1 as train_cfg.json gave it, the adapted coefficient under its own key
+    import json
+
+    from sagsae_cli.sae import load_sae
+
+    saved, given = (
+        json.loads((run / "cfg.json").read_text()),
+        json.loads((run / "train_cfg.json").read_text()),
+    )
+    assert saved["l1"] == given["l1"] == 0.4
+    assert saved["l1_final"] == pytest.approx(hist["coef"].iloc[-1], rel=0.1) and saved["l1_final"] < 0.4
+    assert load_sae(run)[0].cfg.l1 == saved["l1_final"]  # the coefficient its objective is measured at
 
 
 def test_wandb_logging_through_the_wandb_api(synth, tmp_path):

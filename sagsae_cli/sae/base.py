@@ -207,9 +207,10 @@ class SAE(nn.Module):
             for n, p in self.named_parameters():
                 p.copy_(tensors[n])
 
-    def save(self, run_dir: str | Path, norm_factor: float = 1.0) -> None:
+    def save(self, run_dir: str | Path, norm_factor: float = 1.0, l1_final: float | None = None) -> None:
         """Write cfg.json + sae_weights.safetensors atomically, folding ``norm_factor`` in so the
-        saved SAE acts on raw activations (W_enc / s, W_dec * s, b_dec * s)."""
+        saved SAE acts on raw activations (W_enc / s, W_dec * s, b_dec * s). ``l1_final``: the
+        coefficient a target-L0 run adapted to (``l1`` stays the one it was given)."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         t = {k: v.float().clone().contiguous() for k, v in self.export_tensors().items()}
@@ -229,6 +230,7 @@ class SAE(nn.Module):
             "model_name": self.cfg.extra.get("model_name", ""),
             "hook_name": self.cfg.extra.get("hook_name", ""),
             "metadata": dict(self.cfg.extra),
+            **({"l1_final": float(l1_final)} if l1_final is not None else {}),
         }
         atomic_write(run_dir / WEIGHTS, lambda p: save_file(t, str(p)))
         atomic_write(run_dir / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2)))
@@ -254,6 +256,9 @@ def load_sae(run_dir: str | Path, normalised: bool = True) -> tuple[SAE, float]:
             f"{run_dir}: the SAE's {', '.join(sorted(bad))} hold NaN or inf: retrain it with --force"
         )
     cfg = SAEConfig.from_json({**raw, "architecture": raw.get("sagsae_architecture", raw["architecture"])})
+    # in memory the SAE carries the coefficient it trained with last: a target-L0 run's adapted one
+    # (cfg.json's l1_final; before 0.2.0 such a run wrote it into l1 itself)
+    cfg.l1 = float(raw.get("l1_final", cfg.l1))
     sae = build_sae(cfg.variant or cfg.architecture, cfg)
     s = float(raw.get("norm_factor_folded", 1.0))
     if normalised and s != 1.0:
