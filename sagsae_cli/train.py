@@ -614,14 +614,17 @@ def _brief(value, limit: int = 60) -> str:
 
 def _identity(cfg: dict) -> dict:
     """What a resumed run must share with its record: the config without the bookkeeping settings,
-    its store path resolved (`out/s` and `/abs/out/s` name the same store), and without the threshold
+    its store path resolved (`out/s` and `/abs/out/s` name the same store, from any working directory), and without the threshold
     lr multiple and the reset mode for variants that have no threshold (a Gated run trained beside
     SA-GSAE at 3x is the same run at 10x; `auto` gives each budget its own multiple; they are never reset)."""
     unused = () if has_thresholds(cfg.get("variant", "sa-gsae")) else ("threshold_lr_mult", "reset_mode")
     kept = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING and k not in unused}
     if not kept.get("dead_window"):  # recorded before the window was resolved into the record
         kept["dead_window"] = legacy_dead_window(int(cfg["tokens"]), int(cfg["batch"]))
-    return {**kept, "store": Location(cfg.get("store", "")).canonical()}
+    # the store as resolved when the run was made (extra.store), not the path as typed: a relative path
+    # read again from another working directory names another place
+    recorded = (cfg.get("extra") or {}).get("store")
+    return {**kept, "store": recorded or Location(cfg.get("store", "")).canonical()}
 
 
 def train(

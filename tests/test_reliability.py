@@ -285,3 +285,24 @@ def test_a_damaged_zip_is_reported_not_raised(tmp_path, capsys):
     with zipfile.ZipFile(tmp_path / "z.npz", "w") as z:
         z.writestr("acts.npy", b"\x93NUMPY garbage")
     one_line_error(_import(capsys, tmp_path / "z.npz", tmp_path / "s"), "z.npz")
+
+
+def test_a_run_resumes_from_another_working_directory(made, tmp_path):
+    """The same store named by another relative path from another directory is the same run: skipped as
+    finished, not refused as 'a different config'."""
+    import subprocess
+    import sys
+
+    store = made["store"]
+    first = tmp_path / "a"
+    first.mkdir()
+    (tmp_path / "b" / "c").mkdir(parents=True)
+
+    def train(cwd, store_arg):
+        return subprocess.run([sys.executable, "-m", "sagsae_cli", *map(str, TRAIN), "--store", store_arg, "--out",
+                               tmp_path / "runs"], cwd=cwd, capture_output=True, text=True)  # fmt: skip
+
+    p = train(first, os.path.relpath(store, first))
+    assert p.returncode == 0, p.stderr
+    p = train(tmp_path / "b" / "c", os.path.relpath(store, tmp_path / "b" / "c"))
+    assert p.returncode == 0 and "different config" not in p.stderr, p.stderr
