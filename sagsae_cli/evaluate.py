@@ -283,11 +283,13 @@ def evaluate(
                             model=None if snap else model,
                             **({"store": shared.path.canonical()} if d in foreign else {}))  # fmt: skip
             old = None if force or not part.exists() else _read_part(part)
-            # rows cached before the objective and the opposed pairs were recorded are recomputed once
+            # rows cached before the objective (sagsae's own SAEs) and the opposed pairs were recorded
+            # (0.1.0's rows) are recomputed once
+            needed = {"opposed_pairs"} | (set() if d in foreign else {"objective"})
             if (
                 old is not None
                 and old.get("cache_key", pd.Series([None])).iloc[0] == key
-                and "opposed_pairs" in old
+                and needed <= set(old)
             ):
                 row = old.iloc[0].to_dict()
             else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
