@@ -4,7 +4,9 @@ compare and convergence tables that `sagsae compare` saved in each results direc
     python examples/headline_table.py out/six/smollm2-135m/results out/six/gemma3-270m/results [--tokens 200k]
 
 Ours: seed means, verdicts per seed in brackets; "converged" counts the runs that settled before their last
-snapshot by all three of compare's tokens-to-converge definitions.
+snapshot by each of compare's three tokens-to-converge definitions (R² and L0 / on the frontier / on the
+objective). Then a second table per cell: dead fractions, SA-half's bipolar census and Gated-full's
+opposed pairs (sweep means over coefficients, seed means).
 """
 
 import sys
@@ -40,7 +42,11 @@ def ours(results: Path, tokens: str) -> list[list[str]]:
         conv_cell = "—"
         if conv is not None and "converged" in conv:
             c = conv[(conv.model == r.model) & (conv.hook == r.hook) & conv.finished]
-            conv_cell = f"{int(c.converged.sum())}/{len(c)}"
+            settled = [
+                int((c[col] < c.tokens_final).sum())
+                for col in ("tokens_to_converge", "tokens_on_frontier", "tokens_to_objective")
+            ]
+            conv_cell = " / ".join(map(str, settled)) + f" of {len(c)}"
         width = r.a.split("@")[1] + " / " + r.b.split("@")[1]
         rows.append(["ours", r.model, r.hook, width, f"{yes(r.dominates)} ({yes(r.dominates_every_seed)})",
                      f"{r.worst_gap:+.4f} ({r.worst_gap_seed_min:+.4f})", yes(r.worst_gap >= -BAND),
@@ -65,6 +71,31 @@ def main() -> None:
     print("|" + "---|" * len(HEAD))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    print()
+    cells = ["model", "hook", "SA-half dead", "Gated-full dead", "SA-half bipolar share of live latents",
+             "minority mass in SA-half's top 1% / 10%", "Gated-full's live latents in opposed pairs", "opposed pairs"]  # fmt: skip
+    print("| " + " | ".join(cells) + " |")
+    print("|" + "---|" * len(cells))
+    for results in args:
+        for line in census_rows(Path(results)):
+            print("| " + " | ".join(line) + " |")
+
+
+def census_rows(results: Path) -> list[list[str]]:
+    from sagsae_cli.evaluate import read_table
+
+    t = read_table(results)
+    out = []
+    for (model, hook), g in t.groupby(["model", "hook"]):
+        sa, gated = g[g.variant == "sa-gsae"], g[g.variant == "gated"]
+        if sa.empty or gated.empty:
+            continue
+        pairs = gated.opposed_pair_share.mean() if "opposed_pair_share" in gated else float("nan")
+        n_pairs = gated.opposed_pairs.mean() if "opposed_pairs" in gated else float("nan")
+        out.append([model, hook, f"{sa.dead_frac.mean():.3f}", f"{gated.dead_frac.mean():.3f}",
+                    f"{sa.bipolar_frac.mean():.2f}", f"{sa.bipolar_mass_top1.mean():.2f} / {sa.bipolar_mass_top10.mean():.2f}",
+                    f"{pairs:.3f}", f"{n_pairs:.1f}"])  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -206,7 +206,14 @@ def test_topk_keeps_exactly_k():
 
 def test_topk_aux_loss_only_with_dead_latents():
     sae = make("topk")
-    assert "aux" not in sae(x_batch()).losses
+    quiet = sae(x_batch()).losses["aux"]  # no dead latent: the term is 0 and moves nothing
+    assert quiet == 0
+    sae.zero_grad()
+    (sae(x_batch()).losses["mse"] + quiet).backward()
+    with_zero = sae.W_dec.grad.clone()
+    sae.zero_grad()
+    sae(x_batch()).losses["mse"].backward()
+    assert torch.equal(with_zero, sae.W_dec.grad)
     sae.tokens_since_fired[:7] = 10**9
     out = sae(x_batch())
     assert out.losses["aux"] > 0
