@@ -50,12 +50,15 @@ class ShuffledBatches:
         buffer_rows: int = 1 << 19,
         normalise: bool = True,
         prefetch: bool = True,
+        widen: bool = True,
     ):
         if batch_size <= 0 or world_size <= 0 or (rank is not None and not 0 <= rank < world_size):
             raise ValueError("batch_size and world_size must be positive and 0 <= rank < world_size")
         self.store, self.split, self.batch_size = store, split, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.buffer_rows, self.prefetch = buffer_rows, prefetch
+        self.buffer_rows, self.prefetch, self.widen = buffer_rows, prefetch, widen
+        # widen False: rows stay in the store's dtype and unscaled; DeviceFeed widens and scales them on the
+        # device after the copy (the same float32 product as here)
         self.scale = 1.0 / store.norm_factor if normalise else 1.0
         self.n = store.rows(split)
         self.block = store.chunk_rows
@@ -90,10 +93,10 @@ class ShuffledBatches:
         return buffers + ([current] if current else [])
 
     def _load(self, segments, epoch: int, rank: int, index: int) -> torch.Tensor:
-        x = torch.cat([self.store.read(self.split, a, z) for a, z in segments])
+        x = torch.cat([self.store.read(self.split, a, z, widen=self.widen) for a, z in segments])
         perm = torch.randperm(x.shape[0], generator=_generator(self.seed, epoch, rank, index, 1))
         x = x[perm]
-        return x.mul_(self.scale) if self.scale != 1.0 else x
+        return x.mul_(self.scale) if self.scale != 1.0 and self.widen else x
 
     def _rank_batches(self, epoch: int, rank: int, start_batch: int) -> Iterator[torch.Tensor]:
         skip = start_batch * self.batch_size  # rows of this rank's order to skip (resume)
@@ -160,6 +163,75 @@ class ShuffledBatches:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.epoch(0)
+
+
+class DeviceFeed:
+    """Batches of a ``ShuffledBatches(widen=False)`` onto ``device``, widened to float32 and scaled there.
+
+    A thread copies each next batch into a ring of ``ring`` staging buffers (page-locked on CUDA, so the
+    host-to-device copy is asynchronous), and the copy of batch i + 1 is issued before batch i is handed
+    to the step, so it overlaps the step's compute. A staging buffer is refilled only after the event
+    recorded behind its copy has completed. Off CUDA the same ring runs with plain buffers (the tests
+    exercise it on CPU)."""
+
+    def __init__(self, device: torch.device, scale: float, ring: int = 3):
+        self.device, self.scale, self.ring = torch.device(device), float(scale), max(2, ring)
+        self.cuda = self.device.type == "cuda"
+
+    def _finish(self, staged: torch.Tensor) -> torch.Tensor:
+        x = staged.to(self.device, non_blocking=self.cuda, copy=True).float()  # a copy: the slot is refilled
+        return x.mul_(self.scale) if self.scale != 1.0 else x
+
+    def __call__(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        slots: list[torch.Tensor | None] = [None] * self.ring
+        done: list = [None] * self.ring  # the event behind each slot's last copy (CUDA)
+        free: queue.Queue = queue.Queue()
+        for i in range(self.ring):
+            free.put(i)
+        ready: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def fill():
+            try:
+                for x in batches:
+                    i = free.get()
+                    if stop.is_set():
+                        return
+                    if done[i] is not None:
+                        done[i].synchronize()  # its previous copy to the device has finished
+                    if slots[i] is None or slots[i].shape != x.shape or slots[i].dtype != x.dtype:
+                        slots[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=self.cuda)
+                    slots[i].copy_(x)
+                    ready.put(i)
+                ready.put(None)
+            except BaseException as e:  # surface reader errors in the consumer
+                ready.put(e)
+
+        t = threading.Thread(target=fill, daemon=True)
+        t.start()
+        try:
+            pending = None  # (slot, device tensor) issued ahead of the step
+            while True:
+                i = ready.get()
+                if isinstance(i, BaseException):
+                    raise i
+                if i is None:
+                    break
+                x = self._finish(slots[i])
+                if self.cuda:
+                    done[i] = torch.cuda.Event()
+                    done[i].record()
+                free.put(i)
+                if pending is not None:
+                    yield pending
+                pending = x
+            if pending is not None:
+                yield pending
+        finally:
+            stop.set()
+            for i in range(self.ring):
+                free.put(i)  # unblock a filler waiting for a slot
+            t.join(1.0)
 
 
 def sequential_batches(

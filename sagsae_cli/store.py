@@ -57,11 +57,14 @@ def _check_split(split: str) -> None:
         raise SagsaeError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
 
 
-def to_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
-    """Rows as read from disk -> float32 tensor."""
+def to_torch(raw: np.ndarray, dtype: str, widen: bool = True) -> torch.Tensor:
+    """Rows as read from disk -> a float32 tensor, or (``widen`` False) a tensor in the store's dtype
+    (bfloat16, float16, float32), for a device to widen after the copy."""
     if dtype == "bfloat16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(raw)).float()
+        t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(raw))
+    return t.float() if widen else t
 
 
 def to_disk(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
@@ -178,17 +181,20 @@ class ActivationStore:
         return {k: self.group[f"truth/{k}"][:] for k in ("axes", "paired")}
 
     # --- data -----------------------------------------------------------------------------
-    def read(self, split: str, start: int, stop: int, normalise: bool = False) -> torch.Tensor:
-        """Rows [start, stop) of a split as float32 (divided by the norm factor if normalise)."""
+    def read(
+        self, split: str, start: int, stop: int, normalise: bool = False, widen: bool = True
+    ) -> torch.Tensor:
+        """Rows [start, stop) of a split as float32 (divided by the norm factor if normalise), or in the
+        store's dtype without normalising (``widen`` False: the device widens and scales them)."""
         stop = min(stop, self.rows(split))
         try:
-            x = to_torch(self.array(split)[start:stop], self.dtype)
+            x = to_torch(self.array(split)[start:stop], self.dtype, widen)
         except Exception as e:
             raise SagsaeError(
                 f"store {self.path} is corrupt: rows {start}:{stop} of {split} are unreadable ({e}); "
                 "re-create it with `sagsae harvest ... --force`"
             ) from None
-        return x / self.norm_factor if normalise else x
+        return x / self.norm_factor if normalise and widen else x
 
     def read_index(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
         return self.array(split, name)[start : min(stop, self.rows(split))]

@@ -48,7 +48,7 @@ from sagsae_cli.files import (
 from sagsae_cli.location import Location
 from sagsae_cli.metrics import R2, fired
 from sagsae_cli.progress import console, progress_bar, styled
-from sagsae_cli.reader import ShuffledBatches
+from sagsae_cli.reader import DeviceFeed, ShuffledBatches
 from sagsae_cli.sae import (
     ARCHITECTURES,
     SAE,
@@ -697,9 +697,12 @@ def train(
             "choose a smaller --batch or harvest more tokens"
         )
     store.check_chunks()
+    # on CUDA the rows travel in the store's dtype through page-locked staging buffers and are widened and
+    # scaled on the device (DeviceFeed); on CPU the reader's thread does both, as before
+    on_device = dev.type == "cuda"
     reader = ShuffledBatches(
         store, base.batch // shards, seed=base.data_seed, world_size=shards,
-        rank=world.rank if world.active else None,
+        rank=world.rank if world.active else None, widen=not on_device,
     )  # fmt: skip
     sample = store.read("train", 0, min(store.rows("train"), 65536), normalise=True)
     extra = {"store": Location(base.store).canonical(), "model_name": store.meta.get("model", ""),
@@ -746,6 +749,7 @@ def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_pr
     if world.main and not quiet:
         console.print(plan(todo, base), highlight=False)
     stop = _StopFlag()
+    feed = None if reader.widen else DeviceFeed(dev, reader.scale)  # CUDA: staged copies, widened there
     start = min(r.step for r in todo)
     total = base.steps * base.batch
     with stop, progress_bar(f"train {len(todo)} run(s)", total=total, quiet=quiet or not world.main) as bar:
@@ -753,8 +757,9 @@ def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_pr
         step = start
         while step < base.steps and not stop.requested:
             epoch, offset = divmod(step, len(reader))
-            for x in reader.epoch(epoch, start_batch=offset):
-                x = x.to(dev, non_blocking=True)
+            batches = reader.epoch(epoch, start_batch=offset)
+            for x in feed(batches) if feed else batches:
+                x = x.to(dev, non_blocking=True)  # a no-op after DeviceFeed
                 for r in todo:
                     if r.step == step:
                         result = r.train_step(x, autocast)

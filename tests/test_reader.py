@@ -71,3 +71,27 @@ def test_sequential(store):
     seq = torch.cat(list(sequential_batches(store, "eval", 300, normalise=False)))
     assert torch.equal(seq[:, 0], torch.arange(700.0))
     assert sum(len(b) for b in sequential_batches(store, "eval", 300, max_rows=650)) == 650
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("ring", [2, 3])
+def test_device_feed_yields_the_readers_batches_bit_for_bit(tmp_path, dtype, ring):
+    """The CUDA input path (rows in the store's dtype through a ring of staging buffers, widened and
+    scaled after the copy) gives exactly the batches of the host path, in order, for fp32 and bf16 stores
+    and a short tail; run here on CPU, where the ring uses plain buffers. Leaving early stops its thread."""
+    import threading
+
+    from sagsae_cli.reader import DeviceFeed
+
+    s = open_store(write_indexed_store(tmp_path / "s", n_train=3001, dtype=dtype))
+    host = list(ShuffledBatches(s, 256, seed=3, buffer_rows=1000).epoch(1))
+    raw = ShuffledBatches(s, 256, seed=3, buffer_rows=1000, widen=False)
+    assert next(iter(raw.epoch(1))).dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    fed = list(DeviceFeed(torch.device("cpu"), raw.scale, ring=ring)(raw.epoch(1)))
+    assert len(fed) == len(host) == 12
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(fed, host))
+    before = threading.active_count()
+    for i, _ in enumerate(DeviceFeed(torch.device("cpu"), raw.scale, ring=ring)(raw.epoch(0))):
+        if i == 2:
+            break
+    assert threading.active_count() <= before + 1  # the filler has stopped (or is stopping)
