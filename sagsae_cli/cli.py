@@ -59,16 +59,21 @@ def _root(
     pass
 
 
+SYNTH = "Synthetic ground truth (--source synthetic; docs/METHOD.md §7)"
+
+
 @app.command()
 def harvest(
+    model: str = typer.Option(
+        "smollm2-135m",
+        help="Hub id, alias (smollm2-135m and gemma3-270m from their packages; pythia-1b, smollm3-3b, gpt2, ...), "
+        "local dir or .gguf.",
+    ),
     out: str = typer.Option(
         ...,
         "--out",
         "-o",
         help="Store directory or fsspec URL (s3://bucket/path; one sub-directory per hook if several).",
-    ),
-    model: str = typer.Option(
-        "smollm2-135m", help="Hub id, alias (pythia-1b, smollm3-3b, gpt2, ...), local dir or .gguf."
     ),
     hook: str = typer.Option(
         "resid_mid",
@@ -101,22 +106,29 @@ def harvest(
         help="Store dtype: auto (bfloat16 for a model, float32 for synthetic data), float32, float16 or bfloat16.",
     ),
     source: str = typer.Option(
-        "lm", help="lm (a language model) or synthetic (docs/METHOD.md §7 ground truth)."
+        "lm",
+        help="lm (a language model) or synthetic (docs/METHOD.md §7 ground truth).",
+        rich_help_panel=SYNTH,
     ),
     protocol: str = typer.Option(
-        "A", help="Synthetic: protocol A (rho sweep), B (pair fraction), C (widths)."
+        "A", help="Synthetic: protocol A (rho sweep), B (pair fraction), C (widths).", rich_help_panel=SYNTH
     ),
-    d: int = typer.Option(64, help="Synthetic: dimension."),
-    n_axes: int = typer.Option(48, help="Synthetic: number of unit axes K."),
+    d: int = typer.Option(64, help="Synthetic: dimension.", rich_help_panel=SYNTH),
+    n_axes: int = typer.Option(48, help="Synthetic: number of unit axes K.", rich_help_panel=SYNTH),
     rho: Optional[float] = typer.Option(
         None,
         help="Synthetic: within-pair co-firing lift minus one, in [-1, 0] (-1: a pair's two sides never "
         "fire together; not a correlation: the indicators' correlation is rho p / (1 - p)).",
+        rich_help_panel=SYNTH,
     ),
-    paired_fraction: Optional[float] = typer.Option(None, help="Synthetic: fraction of paired axes."),
-    l0: float = typer.Option(2.0, help="Synthetic: mean active features per token."),
-    noise: float = typer.Option(0.01, help="Synthetic: Gaussian noise std per dimension."),
-    seed: int = typer.Option(0, help="Synthetic: random seed."),
+    paired_fraction: Optional[float] = typer.Option(
+        None, help="Synthetic: fraction of paired axes.", rich_help_panel=SYNTH
+    ),
+    l0: float = typer.Option(2.0, help="Synthetic: mean active features per token.", rich_help_panel=SYNTH),
+    noise: float = typer.Option(
+        0.01, help="Synthetic: Gaussian noise std per dimension.", rich_help_panel=SYNTH
+    ),
+    seed: int = typer.Option(0, help="Synthetic: random seed.", rich_help_panel=SYNTH),
     force: bool = typer.Option(False, help="Delete an existing store made by another config and start over."),
     quiet: Quiet = False,
 ) -> None:
