@@ -38,7 +38,10 @@ def init_world(device: torch.device) -> World:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return World(device=device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # bound to this rank's GPU: barriers and collectives know their device
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
         atexit.register(_close)
     return World(dist.get_rank(), dist.get_world_size(), device)
 

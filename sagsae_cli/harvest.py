@@ -18,6 +18,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from sagsae_cli.location import Location
 from sagsae_cli.models import load_model
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.store import DTYPE_ALIASES, StoreWriter
+from sagsae_cli.threads import Behind
 
 COMMIT_SECONDS = 5.0  # stores are committed this often (and at the end); SAGSAE_COMMIT_SECONDS overrides
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,10 +130,32 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
         return
     targets = {"eval": cfg.eval_tokens, "train": cfg.tokens}
     done = {"eval": 0, "train": 0}  # windows consumed per split in this pass over the stream
-    last_commit, every = time.monotonic(), _commit_seconds()
+    last_commit, every = [time.monotonic()], _commit_seconds()
     failure = None  # rank 0's SagsaeError, raised on every rank at the next plan
     label = f"harvest {','.join(hooks)} L{layer}" + (f" x{world.size} ranks" if world.active else "")
-    with progress_bar(label, total=sum(targets.values()), quiet=quiet or not world.main) as bar:
+
+    def write(split, batches, starts, staged, plan) -> None:
+        """On the writer thread: one round's activations, once their copies to the host have landed,
+        filtered and appended in window order; the stores committed every few seconds."""
+        for batch, first, per_hook in zip(batches, starts, staged):
+            if batch:
+                for _, copied in per_hook:
+                    if copied is not None:
+                        copied.synchronize()
+                acts = [a for a, _ in per_hook]
+                ids = torch.tensor(batch)
+                bar.advance(_append_batch(writers, plan, split, acts, ids, first, skip, cfg, targets[split]))
+        if time.monotonic() - last_commit[0] >= every:
+            for w in writers.values():
+                w.commit()
+            last_commit[0] = time.monotonic()
+
+    # rank 0 appends and commits on a thread of its own (Behind), so the next forward pass is not held up
+    # by the device-to-host copy, the norm filter or the Zarr write
+    with (
+        progress_bar(label, total=sum(targets.values()), quiet=quiet or not world.main) as bar,
+        Behind(depth=2) as behind,
+    ):
         bar.advance(min((w.rows("eval") + w.rows("train") for w in writers.values()), default=0))
         for split, group in itertools.groupby(stream, key=lambda t: t[0]):
             group = (ids for _, ids in group)
@@ -150,23 +174,21 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
                 acts = _forward(model, batches[world.rank], shape, plan, layer, world)
                 if not world.main:
                     continue
+                staged = [[_to_host(a) for a in per_rank] for per_rank in acts]  # copies issued, not awaited
                 try:
-                    for batch, first, a in zip(batches, starts, acts):
-                        if batch:
-                            ids = torch.tensor(batch, device=world.device)
-                            bar.advance(
-                                _append_batch(writers, plan, split, a, ids, first, skip, cfg, targets[split])
-                            )
-                    if time.monotonic() - last_commit >= every:
-                        for w in writers.values():
-                            w.commit()
-                        last_commit = time.monotonic()
+                    behind.submit(partial(write, split, batches, starts, staged, plan))
                 except SagsaeError as e:
                     if not world.active:
                         raise
                     failure = e  # the other ranks wait for the next round's plan: send it there
             if split == "train":
                 break
+        try:
+            behind.drain()
+        except SagsaeError as e:
+            if not world.active:
+                raise
+            failure = failure or e
         if failure:
             raise failure  # the stream ended with that round: the other ranks have already left
         for w in writers.values():
@@ -182,6 +204,18 @@ def _run(cfg, stream, model, writers, hooks, layer, skip, world, quiet) -> None:
                     note=f"dataset exhausted: {', '.join(f'{s} has {w.rows(s):,} rows' for s in short)}"
                 )
             w.commit(complete=True)
+
+
+def _to_host(a: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """``a`` copied to the host in its own dtype: on CUDA into page-locked memory without waiting, with
+    the event the writer thread waits on before it reads the copy."""
+    if a.device.type != "cuda":
+        return a, None
+    host = torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
+    host.copy_(a, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
 
 
 def _plan(writers, split, last_start, target):
@@ -226,9 +260,12 @@ def _append_batch(writers, plan, split, acts, ids, first, skip, cfg, target) -> 
 
 
 def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -> int:
-    """Filter and append one batch's rows to one store; returns rows written."""
+    """Filter and append one batch's rows (on the host) to one store; returns rows written. The norms and
+    the finite check are taken in float32; the rows are appended in the model's dtype (bf16 stays bf16
+    into a bf16 store: the same values as through a float32 copy, which bf16 -> fp32 -> bf16 gives back)."""
     b, t, d = acts.shape
-    x = acts[:, skip:].float().reshape(-1, d)
+    rows = acts[:, skip:].reshape(-1, d)
+    x = rows.float()
     finite = torch.isfinite(x).all(dim=1)
     if not finite.all():  # the norm filter would silently drop such rows: refuse instead
         i = int((~finite).nonzero()[0, 0])
@@ -238,8 +275,8 @@ def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -
             "use bfloat16 or float32"
         )
     tok = ids[:, skip:].reshape(-1)
-    pos = torch.arange(skip, t, device=ids.device).repeat(b)
-    seq = (first_window + torch.arange(b, device=ids.device)).repeat_interleave(t - skip)
+    pos = torch.arange(skip, t).repeat(b)
+    seq = (first_window + torch.arange(b)).repeat_interleave(t - skip)
     seq = seq + (0 if split == "eval" else 1_000_000_000)  # splits never share a sequence id
     norms = x.norm(dim=1)
     cursor = w.cursor
@@ -253,12 +290,11 @@ def _append(w: StoreWriter, split, acts, ids, first_window, skip, cfg, target) -
     dropped = int((~keep).sum())
     cursor[f"{split}_dropped"] = cursor.get(f"{split}_dropped", 0) + dropped
     cursor[f"{split}_seen"] = cursor.get(f"{split}_seen", 0) + int(norms.numel())
-    idx_cpu = idx.cpu()
     w.append(
         split,
-        x[idx].cpu(),
-        token_ids=tok.cpu()[idx_cpu].numpy().astype(np.int32),
-        positions=pos.cpu()[idx_cpu].numpy().astype(np.int32),
-        sequence_ids=seq.cpu()[idx_cpu].numpy(),
+        rows[idx],
+        token_ids=tok[idx].numpy().astype(np.int32),
+        positions=pos[idx].numpy().astype(np.int32),
+        sequence_ids=seq[idx].numpy(),
     )
     return int(idx.numel())

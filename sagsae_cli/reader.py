@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import queue
-import threading
 from collections.abc import Iterator
 
 import torch
 
 from sagsae_cli.store import ActivationStore
+from sagsae_cli.threads import ahead
 
 _SEED_MIX = 0x9E3779B97F4A7C15
 
@@ -120,37 +120,8 @@ class ShuffledBatches:
             emitted += 1
 
     def _prefetched(self, jobs, epoch: int, rank: int):
-        if not self.prefetch:
-            for i, segs, drop in jobs:
-                yield self._load(segs, epoch, rank, i), drop
-            return
-        q: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def work():
-            try:
-                for i, segs, drop in jobs:
-                    if stop.is_set():
-                        return
-                    q.put((self._load(segs, epoch, rank, i), drop))
-                q.put(None)
-            except BaseException as e:  # surface reader errors in the consumer
-                q.put(e)
-
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while t.is_alive():  # unblock a producer waiting on the full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    t.join(0.01)
+        loads = ((self._load(segs, epoch, rank, i), drop) for i, segs, drop in jobs)
+        return ahead(loads, depth=1) if self.prefetch else loads
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[torch.Tensor]:
         """The batches of one epoch, from ``start_batch`` on (for resuming mid-epoch)."""
@@ -188,50 +159,31 @@ class DeviceFeed:
         free: queue.Queue = queue.Queue()
         for i in range(self.ring):
             free.put(i)
-        ready: queue.Queue = queue.Queue()
-        stop = threading.Event()
 
-        def fill():
-            try:
-                for x in batches:
-                    i = free.get()
-                    if stop.is_set():
-                        return
-                    if done[i] is not None:
-                        done[i].synchronize()  # its previous copy to the device has finished
-                    if slots[i] is None or slots[i].shape != x.shape or slots[i].dtype != x.dtype:
-                        slots[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=self.cuda)
-                    slots[i].copy_(x)
-                    ready.put(i)
-                ready.put(None)
-            except BaseException as e:  # surface reader errors in the consumer
-                ready.put(e)
+        def staged() -> Iterator[int]:  # on the producer thread: each batch into a free slot
+            for x in batches:
+                i = free.get()
+                if i is None:  # the consumer stopped
+                    return
+                if done[i] is not None:
+                    done[i].synchronize()  # its previous copy to the device has finished
+                if slots[i] is None or slots[i].shape != x.shape or slots[i].dtype != x.dtype:
+                    slots[i] = torch.empty(x.shape, dtype=x.dtype, pin_memory=self.cuda)
+                slots[i].copy_(x)
+                yield i
 
-        t = threading.Thread(target=fill, daemon=True)
-        t.start()
-        try:
-            pending = None  # (slot, device tensor) issued ahead of the step
-            while True:
-                i = ready.get()
-                if isinstance(i, BaseException):
-                    raise i
-                if i is None:
-                    break
-                x = self._finish(slots[i])
-                if self.cuda:
-                    done[i] = torch.cuda.Event()
-                    done[i].record()
-                free.put(i)
-                if pending is not None:
-                    yield pending
-                pending = x
+        pending = None  # the device tensor issued ahead of the step
+        for i in ahead(staged(), depth=self.ring, unblock=lambda: free.put(None)):
+            x = self._finish(slots[i])
+            if self.cuda:
+                done[i] = torch.cuda.Event()
+                done[i].record()
+            free.put(i)
             if pending is not None:
                 yield pending
-        finally:
-            stop.set()
-            for i in range(self.ring):
-                free.put(i)  # unblock a filler waiting for a slot
-            t.join(1.0)
+            pending = x
+        if pending is not None:
+            yield pending
 
 
 def sequential_batches(

@@ -122,6 +122,15 @@ class TrainConfig:
         return max(0, min(int(self.steps * (1 - self.decay_frac)), self.steps - tail))
 
     @property
+    def reset_every(self) -> int:
+        """Steps between dead-latent resets: every step, but under ``--reset-mode quantile`` (whose opening
+        thresholds sort the batch x width array) every 1/QUANTILE_CHECKS of the dead window, so a latent
+        is reset at most that much late and the sort runs on a few steps only."""
+        if self.reset_mode != "quantile":
+            return 1
+        return max(1, math.ceil(self.dead_window / self.batch) // QUANTILE_CHECKS)
+
+    @property
     def run_id(self) -> str:
         if knob(self.variant) == "k":
             coef = f"k{self.k}"
@@ -199,6 +208,7 @@ RESET_FREE_TAIL = 0.1
 # what a dead-latent reset does (docs/METHOD.md §4): our reconstruction's (theta_0, b_gate 0), also pointing the latent
 # at the batch's worst-reconstructed token, or reopening it where it fires on a few of the batch's tokens
 RESET_MODES = ("threshold", "residual", "quantile")
+QUANTILE_CHECKS = 16  # --reset-mode quantile looks for dead latents this many times per dead window
 
 
 def auto_dead_window(tokens: int, batch: int) -> int:
@@ -432,7 +442,7 @@ class Run:
         self._watch_finite(loss_total, x if n else None)
         apply_update(sae, self.opt, cfg.clip)
         sae.update_fired(fired_any, n_total)
-        if self.step < cfg.reset_until:
+        if self.step < cfg.reset_until and self.step % cfg.reset_every == 0:
             residual = x.float() - x_hat if cfg.reset_mode == "residual" and n else None
             opening = (
                 sae.opening_thresholds(x, active / cfg.width)
@@ -440,7 +450,8 @@ class Run:
                 else None
             )
             self._reset_dead(residual, opening)
-        l0_global = active.double() / max(n_total, 1)  # float64, as the host division it replaces
+        # float64, as the host division it replaces (n_total: a device tensor under torchrun)
+        l0_global = active.double() / (n_total.clamp_min(1) if torch.is_tensor(n_total) else max(n_total, 1))
         if cfg.target_l0 > 0 and self.step >= int(cfg.steps * cfg.l1_warmup_frac):
             err = (
                 l0_global.to(self._coef_t.device) - cfg.target_l0
@@ -503,11 +514,12 @@ class Run:
         all_reduce_sum(flat, self.world)
         i = 0
         sums = flat[sum(p.numel() for p in params) :]
-        n_total = int(sums[0].item())
+        n_total = sums[0].round().long()  # stays on the device: no .item() per step
+        rows = sums[0].clamp_min(1)
         for p in params:
-            p.grad.copy_(flat[i : i + p.numel()].view_as(p) / max(n_total, 1))
+            p.grad.copy_(flat[i : i + p.numel()].view_as(p) / rows)
             i += p.numel()
-        mean = sums[: len(scalars)] / max(n_total, 1)
+        mean = sums[: len(scalars)] / rows
         out_terms = {k: mean[3 + j] for j, k in enumerate(self.sae.terms) if k in terms or n == 0}
         return n_total, mean[1], sums[len(scalars) :] > 0, sums[2], out_terms
 
@@ -754,8 +766,8 @@ def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_pr
     total = base.steps * base.batch
     with stop, progress_bar(f"train {len(todo)} run(s)", total=total, quiet=quiet or not world.main) as bar:
         bar.advance(start * base.batch)
-        step = start
-        while step < base.steps and not stop.requested:
+        step, stopping = start, False
+        while step < base.steps and not stopping:
             epoch, offset = divmod(step, len(reader))
             batches = reader.epoch(epoch, start_batch=offset)
             for x in feed(batches) if feed else batches:
@@ -771,13 +783,17 @@ def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_pr
                                 bar.note(
                                     f"L0 {row['l0']:.1f}  R² {row['r2']:.3f}  dead {row['dead_frac']:.2f}"
                                 )
+                        result = None  # this step's f and x_hat are freed before the next run's step
                         r.snapshot(store.norm_factor)
                         if r.step % base.checkpoint_every == 0:
                             r.save_checkpoint()
                 step += 1
                 bar.advance(base.batch)
-                stop.requested = all_agree(stop.requested, world)
-                if step >= base.steps or stop.requested:
+                # ranks agree on a stop at log steps only (a collective read back on the host); one
+                # process stops at the next step
+                if not world.active or step % base.log_every == 0 or step >= base.steps:
+                    stopping = all_agree(stop.requested, world)
+                if step >= base.steps or stopping:
                     break
         for r in todo:
             if r.step >= base.steps:
@@ -787,7 +803,7 @@ def _train_runs(runs, base, store, reader, world, dev, autocast, quiet, wandb_pr
     for logger in loggers.values():
         logger.finish()
     barrier(world)
-    if stop.requested:
+    if stopping:
         raise SagsaeError(
             f"stopped by signal at step {step}: checkpoints saved; rerun the same command to resume"
         )

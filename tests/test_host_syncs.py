@@ -12,37 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import OneProcess, run_cli
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from sagsae_cli.probes import OpCounter, SyncProbe
 from sagsae_cli.store import open_store
 from sagsae_cli.train import Run, TrainConfig
-
-SYNCS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_fill.Tensor",
-         "aten.masked_fill_.Tensor", "aten.item.default"}  # fmt: skip
-FACTORIES = {"aten.empty.memory_format", "aten.zeros.default", "aten.ones.default", "aten.full.default",
-             "aten.scalar_tensor.default", "aten.arange.default", "aten.arange.start", "aten.randn.default",
-             "aten.rand.default", "aten.empty_strided.default"}  # fmt: skip
-
-
-class SyncProbe(TorchDispatchMode):
-    """Records the sync-type operations (and factory calls without a device) dispatched inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
-        if name in SYNCS:
-            self.seen.append(name)
-        elif name.startswith("aten.index.Tensor") or name.startswith("aten.index_put"):
-            indices = args[1] if len(args) > 1 else []
-            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or []):
-                self.seen.append(name + " (boolean mask)")
-        elif name in FACTORIES and kwargs.get("device") is None:
-            self.seen.append(name + " (no device)")
-        return func(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +38,41 @@ CASES = [
     "variant, extra", CASES, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values()))
 )
 def test_a_training_step_makes_no_host_sync(store, tmp_path, variant, extra):
+    _probe_steps(store, tmp_path, variant, extra, OneProcess())
+
+
+@pytest.fixture
+def gloo_world():
+    """The torchrun path in this process: a gloo group of one, under a World that says it has two ranks,
+    so the trainer takes its distributed branch (gradients, losses and fired flags all-reduced)."""
+    import torch.distributed as dist
+
+    from sagsae_cli.distributed import World
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield World(rank=0, size=2)
+    finally:
+        dist.destroy_process_group()
+
+
+TORCHRUN = [("sa-gsae", {}), ("gated", {}), ("topk", {"k": 4}), ("sa-gsae", {"target_l0": 4.0})]
+
+
+@pytest.mark.parametrize(
+    "variant, extra", TORCHRUN, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values()))
+)
+def test_a_torchrun_training_step_makes_no_host_sync(store, tmp_path, gloo_world, variant, extra):
+    _probe_steps(store, tmp_path, variant, extra, gloo_world)
+
+
+def _probe_steps(store, tmp_path, variant, extra, world):
     # a dead window of one batch so that resets happen inside the probed steps
     cfg = TrainConfig(store=str(store), variant=variant, width=24, tokens=20_000, batch=200, lr=1e-3,
                       dead_window=200, l1_warmup_frac=0.0, warmup_steps=1, **extra)  # fmt: skip
     s = open_store(store)
     sample = s.read("train", 0, 2000, normalise=True)
-    run = Run(cfg, s.d, Path(tmp_path), sample, OneProcess(), force=False)
+    run = Run(cfg, s.d, Path(tmp_path), sample, world, force=False)
     batches = [s.read("train", i * 200, (i + 1) * 200, normalise=True) for i in range(6)]
     run.train_step(batches[0], torch.autocast("cpu", enabled=False))  # first-step set-up (optimiser state)
     probe = SyncProbe()
@@ -80,3 +82,25 @@ def test_a_training_step_makes_no_host_sync(store, tmp_path, variant, extra):
     assert run.step == 6
     assert probe.seen == [], sorted(set(probe.seen))
     run.check_finite()  # and the values are still there to read at a log step
+
+
+def test_quantile_resets_sort_the_batch_only_every_sixteenth_of_the_dead_window(store, tmp_path):
+    """--reset-mode quantile sorts batch x width |u| for its opening thresholds: on 1 step in
+    dead window / batch / 16, not on every step (a window of 32 batches: every 2nd step)."""
+    from sagsae_cli.train import QUANTILE_CHECKS
+
+    cfg = TrainConfig(store=str(store), variant="sa-gsae", width=24, tokens=20_000, batch=200, lr=1e-3,
+                      dead_window=200 * 2 * QUANTILE_CHECKS, reset_mode="quantile", l1_warmup_frac=0.0,
+                      warmup_steps=1)  # fmt: skip
+    assert cfg.reset_every == 2
+    s = open_store(store)
+    run = Run(cfg, s.d, Path(tmp_path), s.read("train", 0, 2000, normalise=True), OneProcess(), force=False)
+    counter = OpCounter("aten.sort")
+    with counter:
+        for i in range(8):
+            run.train_step(
+                s.read("train", i * 200, (i + 1) * 200, normalise=True), torch.autocast("cpu", enabled=False)
+            )
+    assert counter.calls == 4
+    threshold = TrainConfig(store=str(store), dead_window=200 * 2 * QUANTILE_CHECKS, batch=200)
+    assert threshold.reset_every == 1  # the other modes reset every step, as before

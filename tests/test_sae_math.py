@@ -475,7 +475,9 @@ def test_gate_code_in_row_blocks_keeps_the_dtypes_of_a_bf16_input(monkeypatch):
         blocked = run(2 * N)
     finally:
         torch.set_num_threads(threads)
-    assert whole[0].dtype == whole[1].dtype == torch.float32 and whole[3].dtype == torch.bfloat16
+    # every batch x width array in u's dtype (bf16), the loss and the per-latent gradients float32
+    assert whole[0].dtype == whole[1].dtype == whole[3].dtype == torch.bfloat16
+    assert whole[2].dtype == torch.float32 and all(g.dtype == torch.float32 for g in whole[4:])
     for a, b in zip(whole, blocked):
         assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 

@@ -37,14 +37,14 @@ def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided:
         s = pi.sub_(torch.clamp(pi, -(theta if theta_neg is None else theta_neg), theta))
     else:  # theta None: the Gated SAE's ReLU(pi)
         s = (pi if theta is None else pi.sub_(theta)).clamp_min_(0.0)
-    e_pos = r_pos.exp()
+    e_pos = r_pos.exp().to(u.dtype)
     m_pos = torch.addcmul(b_pos, u, e_pos, out=o_f)
     if r_neg is None:  # tied (or one-sided): one magnitude, kept where it agrees with the gate
         keep_pos = torch.mul(s, m_pos, out=o_kp).gt_(0)
         f = m_pos.mul_(keep_pos)  # m+ -> f in place
         keep_neg = e_neg = None
     else:
-        e_neg = r_neg.exp()
+        e_neg = r_neg.exp().to(u.dtype)
         m_neg = torch.addcmul(b_neg, u, e_neg)
         # [s > 0 and m+ > 0] as ReLU(s) m+ > 0, a 0/1 mask in u's dtype: a bool mask would be cast at
         # every product with it, which on CPU runs unvectorised (the untied step: 808 -> 565 ms)
@@ -53,7 +53,7 @@ def _forward(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided:
         f = m_pos.mul_(keep_pos).add_(m_neg.mul_(keep_neg))
     # per row, summed by the caller over the whole batch: one float32 accumulator over all tokens x
     # latents drifts (torch 2.13 on CPU: -0.55% at 4,096 x 4,608), a row of latents stays exact to ~1e-7
-    return f, s, torch.linalg.vector_norm(s, 1, dim=-1), keep_pos, keep_neg, e_pos, e_neg
+    return f, s, torch.linalg.vector_norm(s, 1, dim=-1, dtype=_wide(s)), keep_pos, keep_neg, e_pos, e_neg
 
 
 def _backward(g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bool, need: tuple, out=None):
@@ -71,12 +71,12 @@ def _backward(g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bo
         g_pi = torch.add(g_s, c, out=out).mul_(sign)
     grads = [None] * 9
     if need[1]:
-        grads[1] = g_pi.sum(0)
+        grads[1] = _colsum(g_pi)
     if need[3]:  # split: ds/dtheta+ = -1 where s > 0, ds/dtheta- = +1 where s < 0 (float masks from sign)
-        grads[2] = -(g_pi * sign.clamp(min=0.0)).sum(0) if need[2] else None
-        grads[3] = -(g_pi * sign.clamp(max=0.0)).sum(0)
+        grads[2] = -_colsum(g_pi * sign.clamp(min=0.0)) if need[2] else None
+        grads[3] = -_colsum(g_pi * sign.clamp(max=0.0))
     elif need[2]:  # ds/dtheta = -sign(s) (two-sided), -1 where open (one-sided)
-        grads[2] = -(g_pi * sign).sum(0) if two_sided else -g_pi.sum(0)
+        grads[2] = -_colsum(g_pi * sign) if two_sided else -_colsum(g_pi)
     g_u = g_pi  # the gradients through f are added in place: g_pi's own sums are taken
     if g_f is not None:
         for keep, e, i in ((keep_pos, e_pos, 4), (keep_neg, e_neg, 6)):
@@ -86,11 +86,22 @@ def _backward(g_f, g_s, c, u, s, keep_pos, keep_neg, e_pos, e_neg, two_sided: bo
             if need[0]:
                 g_u.addcmul_(g_m, e)
             if need[i]:
-                grads[i] = (g_m * u).sum(0) * e
+                grads[i] = _colsum(g_m * u) * e
             if need[i + 1]:
-                grads[i + 1] = g_m.sum(0)
+                grads[i + 1] = _colsum(g_m)
     grads[0] = g_u if need[0] else None
     return tuple(grads)
+
+
+def _colsum(a: torch.Tensor) -> torch.Tensor:
+    """A per-latent gradient: ``a`` summed over tokens, accumulated and returned in float32 at least (a bfloat16
+    batch x width array summed into bfloat16 would keep three significant digits)."""
+    return a.sum(0, dtype=_wide(a))
+
+
+def _wide(a: torch.Tensor) -> torch.dtype:
+    """float32, or a's dtype where it is wider (float64 in the gradient checks)."""
+    return torch.promote_types(a.dtype, torch.float32)
 
 
 BLOCK = 1 << 19
@@ -130,11 +141,11 @@ def forward_blocks(u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_
             u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided
         )
         return (f, s, rows.sum() / max(u.shape[0], 1), *rest)
-    # the dtype the whole-array code's results take (u + b_gate: float32 for a bf16 u under autocast)
+    # the dtype the whole-array code's results take (u's: _GateCode casts the vectors to it)
     dtype = torch.promote_types(u.dtype, b_gate.dtype)
     s, f, kp = (torch.empty(u.shape, dtype=dtype, device=u.device) for _ in range(3))
     kn = torch.empty_like(s) if r_neg is not None else None
-    rows = s.new_empty(u.shape[0])
+    rows = torch.empty(u.shape[0], dtype=_wide(s), device=u.device)  # per-row |s| sums, as _forward
     for b in blocks:
         out = (s[b], f[b], kp[b], kn[b] if kn is not None else None)
         _, _, rows[b], _, _, e_pos, e_neg = _forward(
@@ -203,6 +214,12 @@ def compiled(enable: bool = True):
 class _GateCode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided):
+        # the per-latent vectors in u's dtype: under bf16 autocast every batch x width array (s, f, the
+        # masks, the gradients) stays bf16 instead of being promoted to float32 by u + b_gate; autograd
+        # returns the vectors' gradients (float32 sums, _colsum) to the float32 parameters
+        b_gate, theta, theta_neg, b_pos, b_neg = (
+            None if t is None else t.to(u.dtype) for t in (b_gate, theta, theta_neg, b_pos, b_neg)
+        )
         f, s, l1, keep_pos, keep_neg, e_pos, e_neg = forward_blocks(
             u, b_gate, theta, theta_neg, r_pos, b_pos, r_neg, b_neg, two_sided
         )
