@@ -4,8 +4,8 @@ import time
 
 import torch
 
+from sagsae_cli.run import apply_update, make_optimizer
 from sagsae_cli.sae import SAEConfig, build_sae
-from sagsae_cli.train import apply_update, make_optimizer
 
 
 def best_time(fn, repeats: int = 3) -> float:

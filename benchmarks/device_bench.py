@@ -32,9 +32,10 @@ from _timing import best_times
 from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.distributed import World, pick_device
 from sagsae_cli.reader import DeviceFeed, ShuffledBatches
+from sagsae_cli.recipe import TrainConfig
+from sagsae_cli.run import Run, apply_update, make_optimizer
 from sagsae_cli.sae import SAEConfig, build_sae, gating
 from sagsae_cli.store import StoreWriter, open_store
-from sagsae_cli.train import Run, TrainConfig, apply_update, make_optimizer
 
 
 def sync(device: torch.device) -> None:

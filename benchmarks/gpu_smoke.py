@@ -22,7 +22,8 @@ import torch
 
 from sagsae_cli.distributed import World
 from sagsae_cli.probes import SyncProbe, step_peak_bytes
-from sagsae_cli.train import Run, TrainConfig
+from sagsae_cli.recipe import TrainConfig
+from sagsae_cli.run import Run
 
 MODES = [("sa-gsae", {}), ("sa-gsae", {"reset_mode": "residual"}), ("sa-gsae", {"reset_mode": "quantile"}),
          ("sa-gsae", {"target_l0": 32.0}), ("sa-gsae-untied", {}), ("gated", {}), ("relu", {}),
@@ -30,7 +31,9 @@ MODES = [("sa-gsae", {}), ("sa-gsae", {"reset_mode": "residual"}), ("sa-gsae", {
 
 
 def syncs_per_step(dev: torch.device, d: int, width: int, batch: int, steps: int) -> None:
-    print(f"1. host syncs per training step (d {d}, width {width}, batch {batch}, bf16 autocast, {steps} steps)")
+    print(
+        f"1. host syncs per training step (d {d}, width {width}, batch {batch}, bf16 autocast, {steps} steps)"
+    )
     cast = torch.autocast(dev.type, dtype=torch.bfloat16)
     x = [torch.randn(batch, d, device=dev) for _ in range(steps + 1)]
     for variant, extra in MODES:
@@ -61,7 +64,9 @@ def syncs_per_step(dev: torch.device, d: int, width: int, batch: int, steps: int
 
 
 def peak_memory(dev: torch.device, d: int, widths: list[int], batch: int) -> None:
-    print(f"2. peak memory of one bare step, d {d}, batch {batch}, bf16 autocast (goal <= 24 B per batch x width element)")
+    print(
+        f"2. peak memory of one bare step, d {d}, batch {batch}, bf16 autocast (goal <= 24 B per batch x width element)"
+    )
     for width in widths:
         for variant in ("sa-gsae", "gated"):
             if dev.type == "cuda":

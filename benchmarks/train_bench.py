@@ -23,8 +23,9 @@ import torch
 from _timing import best_time, sae_step_fn
 
 from sagsae_cli.allocator import REUSE_SETTINGS, reuse_large_blocks
+from sagsae_cli.recipe import TrainConfig
 from sagsae_cli.store import StoreWriter
-from sagsae_cli.train import TrainConfig, train
+from sagsae_cli.train import train
 
 SAELENS_STEP = r"""
 import ctypes, sys, time, torch

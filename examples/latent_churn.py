@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sagsae_cli.evaluate import snapshots_on_held_out
-from sagsae_cli.train import snapshot_tokens
+from sagsae_cli.files import snapshot_tokens
 
 
 def firing_and_threshold(sae, x: torch.Tensor):

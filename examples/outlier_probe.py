@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from sagsae_cli.files import snapshot_tokens
 from sagsae_cli.metrics import R2
 from sagsae_cli.reader import ShuffledBatches, sequential_batches
+from sagsae_cli.run import apply_update, make_optimizer
 from sagsae_cli.sae.base import load_sae
 from sagsae_cli.store import open_store
-from sagsae_cli.train import apply_update, make_optimizer, snapshot_tokens
 
 
 def held_out(sae, store, rows: int) -> tuple[float, float]:

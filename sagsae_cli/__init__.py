@@ -1,3 +1,3 @@
 """sagsae: reproduce and extend Sign-Aware Gated Sparse Autoencoders (arXiv 2605.28149)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

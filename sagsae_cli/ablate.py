@@ -15,32 +15,11 @@ import pandas as pd
 from sagsae_cli.evaluate import evaluate
 from sagsae_cli.files import atomic_write, read_parquet
 from sagsae_cli.location import Location
-from sagsae_cli.sae import knob
-from sagsae_cli.train import TrainConfig, train
+from sagsae_cli.recipe import TrainConfig
+from sagsae_cli.registry import ABLATION_GRID
+from sagsae_cli.train import train
 
-GRID = ["sa-gsae", "sa-gsae-untied", "no-aux", "one-sided", "no-reset", "gated"]
-
-
-def sweep_configs(
-    base: TrainConfig,
-    variants: list[str],
-    l1: list[float],
-    k: list[int],
-    target_l0: list[float],
-    seeds: list[int],
-) -> list[TrainConfig]:
-    """Every (variant, coefficient or target, seed) of a `sagsae train` sweep. A variant whose knob is k
-    sweeps ``k``; the others sweep ``l1`` or, with targets, start every target-L0 run at the first l1."""
-    cfgs = []
-    for v in variants:
-        if knob(v) == "k":
-            points = [{"l1": 0.0, "k": kk, "target_l0": 0.0} for kk in k]
-        elif target_l0:
-            points = [{"l1": l1[0], "k": 0, "target_l0": t} for t in target_l0]
-        else:
-            points = [{"l1": c, "k": 0, "target_l0": 0.0} for c in l1]
-        cfgs += [replace(base, variant=v, seed=s, **p) for p in points for s in seeds]
-    return cfgs
+GRID = ABLATION_GRID  # the registry's variants marked ablation=True
 
 
 def ablation_configs(base: TrainConfig, seeds: list[int]) -> list[TrainConfig]:

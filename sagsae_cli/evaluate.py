@@ -17,7 +17,7 @@ import torch
 from sagsae_cli.distributed import pick_device
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.faults import fault_point
-from sagsae_cli.files import REEVAL, SAE_WEIGHTS, atomic_write, read_parquet
+from sagsae_cli.files import REEVAL, SAE_WEIGHTS, atomic_write, read_parquet, snapshot_dirs, snapshot_tokens
 from sagsae_cli.files import train_cfg as read_train_cfg
 from sagsae_cli.location import Location
 from sagsae_cli.metrics import (
@@ -35,8 +35,8 @@ from sagsae_cli.metrics import (
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.reader import sequential_batches
 from sagsae_cli.sae import load_sae
+from sagsae_cli.splice import lm_of_store, splice_loss
 from sagsae_cli.store import open_store
-from sagsae_cli.train import snapshot_dirs, snapshot_tokens
 
 PAIR_COS, PAIR_COFIRE = 0.9, 0.05  # eval's opposed-pairs census: decoder cosine <= -0.9, co-firing <= 5%
 
@@ -159,7 +159,7 @@ def evaluate_foreign(
            "params": int(sum(v.numel() for v in fs.t.values())), "bipolar_threshold": bipolar_threshold}  # fmt: skip
     _finish_row(row, census_table, live, fs.W_dec, store, bipolar_threshold)
     if lm is not None:
-        row.update(_splice_loss(store, *lm, lambda x: fs.forward(x)[1]))
+        row.update(splice_loss(store, *lm, lambda x: fs.forward(x)[1]))
     census_table.insert(0, "run", sae_dir.name)
     census_table.insert(1, "hook", row["hook"])
     return row, census_table
@@ -212,19 +212,7 @@ def _same_name(what: str, mine: str, theirs: str, store) -> bool:
 
 def _loss_recovered(run_dir: Path, store, model, tokenizer, max_windows: int) -> dict:
     raw_sae, _ = load_sae(run_dir, normalised=False)  # folded weights act on raw activations
-    return _splice_loss(store, model, tokenizer, max_windows, lambda x: raw_sae.decode(raw_sae.encode(x)))
-
-
-def _splice_loss(store, model, tokenizer, max_windows: int, reconstruct) -> dict:
-    """Loss recovered with ``reconstruct`` (raw activations in, raw out) spliced in at the store's hook."""
-    from sagsae_cli.splice import eval_windows, loss_recovered
-
-    ids = eval_windows(store, tokenizer, max_windows)
-    if ids is None:
-        return {}
-    with torch.no_grad():
-        out = loss_recovered(model, ids, store.meta["hook"], int(store.meta["layer"]), reconstruct)
-    return {**out, "lr_windows": int(ids.shape[0])}
+    return splice_loss(store, model, tokenizer, max_windows, lambda x: raw_sae.decode(raw_sae.encode(x)))
 
 
 def evaluate(
@@ -294,7 +282,7 @@ def evaluate(
                 row = old.iloc[0].to_dict()
             else:  # snapshots skip loss recovered: it would dominate the time of a convergence curve
                 if d in foreign:
-                    lm = _lm_of_store(shared, lr_windows, model, lms)
+                    lm = lm_of_store(shared, lr_windows, model, lms)
                     row, census = evaluate_foreign(d, shared, eval_tokens, bipolar_threshold=bipolar_threshold,
                                                    lm=lm, device=dev, allow_mismatch=allow_mismatch)  # fmt: skip
                 else:
@@ -402,15 +390,4 @@ def read_table(results: str | Path, table: str = "eval") -> pd.DataFrame:
 
 def _lm_for(run_dir: Path, lr_windows: int, override: str | None, cache: dict):
     """(model, tokenizer, windows) for loss recovered, or None (synthetic store, or disabled)."""
-    return _lm_of_store(run_store(run_dir), lr_windows, override, cache) if lr_windows > 0 else None
-
-
-def _lm_of_store(store, lr_windows: int, override: str | None, cache: dict):
-    """(model, tokenizer, windows) of the model that made ``store``, or None (not an LM store, disabled)."""
-    if lr_windows <= 0:
-        return None
-    if store.meta.get("source") != "lm":
-        return None
-    from sagsae_cli.models import store_model
-
-    return (*store_model(store, cache, override), lr_windows)
+    return lm_of_store(run_store(run_dir), lr_windows, override, cache) if lr_windows > 0 else None

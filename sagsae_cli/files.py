@@ -129,3 +129,33 @@ def unlock(fd: int) -> None:
 
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+# --- a run's snapshots: checkpoints/tokens-<13 digits>/ (cfg.json + weights), in training order ---
+SNAPSHOT_PREFIX = "tokens-"
+
+
+def snapshot_name(tokens: int) -> str:
+    return f"{SNAPSHOT_PREFIX}{tokens:013d}"
+
+
+def _snapshot_folders(checkpoints: Path) -> list[Path]:
+    """The folders of ``checkpoints`` named as snapshots are (tokens-<13 digits>); anything else a user
+    keeps there (a backup copy, notes) is neither read nor removed."""
+    import re
+
+    name = re.compile(rf"{SNAPSHOT_PREFIX}\d{{13}}")
+    return [p for p in checkpoints.glob(f"{SNAPSHOT_PREFIX}*") if name.fullmatch(p.name) and p.is_dir()]
+
+
+def snapshot_dirs(run_dir: Path) -> list[Path]:
+    """A run's snapshots (directories holding cfg.json + weights), in training order."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    done = (p for p in _snapshot_folders(d) if (p / SAE_WEIGHTS).exists() and (p / SAE_CFG).exists())
+    return sorted(done)  # a snapshot whose write was interrupted (full disk) is left out
+
+
+def snapshot_tokens(path: Path) -> int:
+    return int(Path(path).name[len(SNAPSHOT_PREFIX) :])

@@ -32,7 +32,8 @@ from sagsae_cli.hooks import decoder_layers, family_of, hook_definition, parse_h
 from sagsae_cli.location import Location
 from sagsae_cli.models import load_model
 from sagsae_cli.progress import progress_bar
-from sagsae_cli.store import DTYPE_ALIASES, StoreWriter
+from sagsae_cli.rows import DTYPE_ALIASES
+from sagsae_cli.store import StoreWriter
 from sagsae_cli.threads import Behind
 
 COMMIT_SECONDS = 5.0  # stores are committed this often (and at the end); SAGSAE_COMMIT_SECONDS overrides

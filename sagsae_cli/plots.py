@@ -13,20 +13,8 @@ import pandas as pd  # noqa: E402
 
 from sagsae_cli.errors import SagsaeError  # noqa: E402
 from sagsae_cli.files import HISTORY, REEVAL, TRAIN_CFG, read_json, read_parquet  # noqa: E402
+from sagsae_cli.registry import COLORS, LABELS  # noqa: E402  (each variant's colour and legend name)
 
-COLORS = {
-    "sa-gsae": "#d62728",
-    "sa-gsae-untied": "#ff7f0e",
-    "no-aux": "#8c564b",
-    "one-sided": "#e377c2",
-    "no-reset": "#bcbd22",
-    "sa-gsae-split": "#17becf",
-    "gated": "#1f77b4",
-    "relu": "#7f7f7f",
-    "topk": "#2ca02c",
-    "jumprelu": "#9467bd",
-}
-LABELS = {"sa-gsae": "SA-GSAE (tied)", "gated": "Gated SAE"}
 STYLES = ["-", "--", ":", "-."]  # line style per width of one architecture, narrowest first
 
 

@@ -92,8 +92,8 @@ def step_peak_bytes(variant: str, d: int, width: int, batch: int, dtype: str = "
     """Peak bytes per batch x width element that one bare training step (forward, backward, Adam,
     decoder constraint; ``train.apply_update``) allocates, under bf16 autocast or in fp32: measured
     by ``LiveBytes`` on the second step (the first makes the optimiser's state)."""
+    from sagsae_cli.run import apply_update, make_optimizer
     from sagsae_cli.sae import SAEConfig, build_sae
-    from sagsae_cli.train import apply_update, make_optimizer
 
     dev = torch.device(device)
     sae = build_sae(variant, SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.1, k=max(1, width // 16)))

@@ -111,3 +111,24 @@ def eval_windows(store, tokenizer, max_windows: int) -> torch.Tensor | None:
         if len(windows) >= max_windows:
             break
     return torch.tensor(windows) if windows else None
+
+
+def splice_loss(store, model, tokenizer, max_windows: int, reconstruct) -> dict:
+    """Loss recovered with ``reconstruct`` (raw activations in, raw out) spliced in at the store's hook."""
+    ids = eval_windows(store, tokenizer, max_windows)
+    if ids is None:
+        return {}
+    with torch.no_grad():
+        out = loss_recovered(model, ids, store.meta["hook"], int(store.meta["layer"]), reconstruct)
+    return {**out, "lr_windows": int(ids.shape[0])}
+
+
+def lm_of_store(store, lr_windows: int, override: str | None, cache: dict):
+    """(model, tokenizer, windows) of the model that made ``store``, or None (not an LM store, disabled)."""
+    if lr_windows <= 0:
+        return None
+    if store.meta.get("source") != "lm":
+        return None
+    from sagsae_cli.models import store_model
+
+    return (*store_model(store, cache, override), lr_windows)

@@ -27,19 +27,12 @@ import zarr
 from sagsae_cli.errors import SagsaeError, disk_space
 from sagsae_cli.faults import fault_point
 from sagsae_cli.location import Location
+from sagsae_cli.rows import DTYPE_ALIASES, DTYPES, to_disk, to_torch
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
 # store dtype -> (dtype on disk, torch dtype). bfloat16 is kept as its raw uint16 bits.
-DTYPES = {
-    "float32": ("float32", torch.float32),
-    "float16": ("float16", torch.float16),
-    "bfloat16": ("uint16", torch.bfloat16),
-}
-# the short names train's --dtype uses, accepted wherever a store or model dtype is asked for
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 INDEX_ARRAYS = {"token_ids": "int32", "positions": "int32", "sequence_ids": "int64"}
-FLOAT16_MAX = 65504.0
 FLUSH_BYTES = 256 << 20  # queued appends are written to disk (not yet committed) beyond this size
 
 
@@ -55,36 +48,6 @@ def default_chunk_rows(d: int, itemsize: int, target_bytes: int = 8 << 20) -> in
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise SagsaeError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-
-
-def to_torch(raw: np.ndarray, dtype: str, widen: bool = True) -> torch.Tensor:
-    """Rows as read from disk -> a float32 tensor, or (``widen`` False) a tensor in the store's dtype
-    (bfloat16, float16, float32), for a device to widen after the copy."""
-    if dtype == "bfloat16":
-        t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(raw))
-    return t.float() if widen else t
-
-
-def to_disk(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
-    """Float rows -> the array stored on disk, refusing NaN, inf and float16 overflow."""
-    t = torch.as_tensor(x).detach().to("cpu")
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).any(dim=-1).nonzero()[0, 0])
-        raise SagsaeError(
-            f"activations contain NaN or inf (first at row {bad} of the batch): "
-            "check the model's dtype (try --model-dtype float32) and the input data"
-        )
-    if dtype == "float16" and t.numel() and float(t.abs().max()) > FLOAT16_MAX:
-        raise SagsaeError(
-            f"activation magnitude {float(t.abs().max()):.3g} exceeds float16's range (65504): "
-            "use --dtype bfloat16 or --dtype float32"
-        )
-    t = t.to(DTYPES[dtype][1]).contiguous()
-    if dtype == "bfloat16":
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
 
 
 class ActivationStore:

@@ -13,7 +13,8 @@ GATED = ["sa-gsae", "sa-gsae-untied", "one-sided", "sa-gsae-split", "gated"]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 @pytest.mark.parametrize("variant", GATED)

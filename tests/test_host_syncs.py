@@ -14,8 +14,9 @@ import torch
 from conftest import OneProcess, run_cli
 
 from sagsae_cli.probes import OpCounter, SyncProbe
+from sagsae_cli.recipe import TrainConfig
+from sagsae_cli.run import Run
 from sagsae_cli.store import open_store
-from sagsae_cli.train import Run, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def _probe_steps(store, tmp_path, variant, extra, world):
 def test_quantile_resets_sort_the_batch_only_every_sixteenth_of_the_dead_window(store, tmp_path):
     """--reset-mode quantile sorts batch x width |u| for its opening thresholds: on 1 step in
     dead window / batch / 16, not on every step (a window of 32 batches: every 2nd step)."""
-    from sagsae_cli.train import QUANTILE_CHECKS
+    from sagsae_cli.recipe import QUANTILE_CHECKS
 
     cfg = TrainConfig(store=str(store), variant="sa-gsae", width=24, tokens=20_000, batch=200, lr=1e-3,
                       dead_window=200 * 2 * QUANTILE_CHECKS, reset_mode="quantile", l1_warmup_frac=0.0,

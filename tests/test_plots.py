@@ -130,7 +130,7 @@ def test_ablation_table_keeps_earlier_seeds(tmp_path, monkeypatch, capsys):
     a grid at another coefficient replaces the table with a note; a damaged table is one line."""
     import sagsae_cli.ablate as ab
     from sagsae_cli.errors import SagsaeError
-    from sagsae_cli.train import TrainConfig
+    from sagsae_cli.recipe import TrainConfig
 
     def fake_evaluate(dirs, results, **_):  # r2 = 0.5 + seed/10 + 0.01 per non-tied variant, by hand
         rows = []

@@ -63,7 +63,7 @@ def test_gated_gradient_routes():
 def test_aux_pulls_theta_down_and_sparsity_pushes_it_up():
     # orthonormal decoder rows and x on one row: s undershoots x by theta, so only the L1 term
     # argues for a larger theta and the auxiliary term for a smaller one (docs/METHOD.md §4)
-    cfg = SAEConfig(architecture="", d_in=20, d_sae=12, l1=0.3, theta0=0.4)
+    cfg = SAEConfig(architecture="", d_in=20, d_sae=12, l1=0.3, settings={"theta0": 0.4})
     sae = build_sae("sa-gsae", cfg)
     with torch.no_grad():
         q, _ = torch.linalg.qr(torch.randn(20, 12, generator=torch.Generator().manual_seed(0)))
@@ -387,7 +387,7 @@ def reference_sa_gsae(sae, x):
     losses = {
         "mse": (x - x_hat).pow(2).sum(-1).mean(),
         "sparsity": sae.cfg.l1 * s.abs().sum(-1).mean(),
-        "aux": sae.cfg.alpha * (x - (s @ sae.W_dec.detach() + sae.b_dec.detach())).pow(2).sum(-1).mean(),
+        "aux": sae.cfg.aux_coef * (x - (s @ sae.W_dec.detach() + sae.b_dec.detach())).pow(2).sum(-1).mean(),
     }
     return f, losses
 

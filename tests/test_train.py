@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.evaluate import evaluate_run
+from sagsae_cli.recipe import TrainConfig, lr_factor
 from sagsae_cli.store import open_store
-from sagsae_cli.train import TrainConfig, lr_factor, train
+from sagsae_cli.train import train
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +173,11 @@ def test_aux_coef_is_the_auxiliary_weight(synth, tmp_path):
     x = open_store(synth).read("eval", 0, 256, normalise=True)
     for run, alpha in (("sa-gsae", 0.25), ("gated", 0.25), ("no-aux", 0.0)):
         sae, _ = load_sae(tmp_path / f"{run}-w32-l1_0.3-s0")
-        assert sae.cfg.alpha == alpha, run
+        assert sae.cfg.aux_coef == alpha, run
         aux = sae.train()(x).losses.get("aux", torch.tensor(0.0))  # alpha 0: no term at all
-        sae.cfg = replace(sae.cfg, alpha=1.0)  # the same SAE and batch at alpha 1: the term scales by alpha
+        sae.cfg = replace(
+            sae.cfg, settings={**sae.cfg.settings, "aux_coef": 1.0}
+        )  # the same SAE and batch at alpha 1: the term scales by alpha
         unit = sae(x).losses["aux"]
         assert torch.allclose(aux, alpha * unit) and unit > 0, run
     p = run_cli(*args, "--aux-coef", "0.5", check=2)  # another alpha is another config
@@ -213,14 +216,15 @@ def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
 
 
 def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
-    """--dead-window 0: 1.25% of the run within [25k, 10% of the run], at most 10M, for variants that
+    """--dead-window auto: 1.25% of the run within [25k, 10% of the run], at most 10M, for variants that
     reset dead latents; the others keep 10% (hand-computed cases). Derived again when a sweep replaces
     the variant or the budget. A record from before (0, or no key) reads as 10%: the same run where the
     rules agree, another config (named, with both values) where they do not."""
     from dataclasses import asdict, replace
     from types import SimpleNamespace
 
-    from sagsae_cli.train import _DEFAULTS, _identity, plan
+    from sagsae_cli.run import _DEFAULTS, _identity
+    from sagsae_cli.train import plan
 
     sa = TrainConfig(variant="sa-gsae", tokens=2_000_000, batch=128, lr=2e-3)
     assert sa.dead_window == 25_000 and sa.auto == {"dead_window": 25_000, "threshold_lr_mult": 3.2}
@@ -237,9 +241,17 @@ def test_dead_window_auto_and_runs_recorded_before_it(synth, tmp_path):
     short = replace(sa, tokens=150_000)
     assert (short.dead_window, short.threshold_lr_mult) == (15_000, 10.0)
     given = TrainConfig(
-        variant="sa-gsae", tokens=2_000_000, batch=128, dead_window=7_000, threshold_lr_mult=3
+        variant="sa-gsae", tokens=2_000_000, batch=128, lr=2e-3, dead_window=7_000, threshold_lr_mult=3
     )
     assert given.auto == {} and replace(given, tokens=10**6).dead_window == 7_000
+    # the Python API's defaults are the CLI's: every budget-derived setting auto (recipe.resolve_recipe)
+    default = TrainConfig(tokens=4_000_000)
+    assert (default.batch, default.lr) == (256, 2e-3) and set(default.auto) == {
+        "batch",
+        "lr",
+        "threshold_lr_mult",
+        "dead_window",
+    }
     # a value of its own given to an auto setting by replace stays, through later replaces too
     pinned = replace(sa, dead_window=7_000)
     assert pinned.dead_window == 7_000 and pinned.auto == {"threshold_lr_mult": 3.2}

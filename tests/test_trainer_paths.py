@@ -12,18 +12,13 @@ import torch
 from conftest import OneProcess, run_cli
 
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.files import snapshot_dirs, snapshot_tokens
 from sagsae_cli.metrics import l0
+from sagsae_cli.recipe import TrainConfig, l1_factor
+from sagsae_cli.run import Run, make_optimizer
 from sagsae_cli.sae import SAEConfig, build_sae
 from sagsae_cli.store import open_store
-from sagsae_cli.train import (
-    Run,
-    TrainConfig,
-    l1_factor,
-    make_optimizer,
-    snapshot_dirs,
-    snapshot_tokens,
-    train,
-)
+from sagsae_cli.train import train
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +296,7 @@ def test_snapshots_are_evenly_spaced_and_loadable(store, tmp_path):
 def test_topk_aux_loss_value():
     """auxK = coef * ||e - e_hat||^2 / ||e||^2, e_hat from the aux_k largest dead pre-activations
     (normalised by the residual's energy, as Gao et al. do), on a hand-made example."""
-    cfg = SAEConfig(architecture="", d_in=3, d_sae=4, k=1, aux_k=1, aux_k_coef=0.5)
+    cfg = SAEConfig(architecture="", d_in=3, d_sae=4, k=1, settings={"aux_k": 1, "aux_k_coef": 0.5})
     sae = build_sae("topk", cfg, seed=0)
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(3, 4))
@@ -361,7 +356,7 @@ def test_golden_end_to_end(store, tmp_path):
 
 
 def test_budget_aware_batch_and_lr():
-    from sagsae_cli.train import AUTO_LR, MAX_BATCH, MIN_BATCH, TARGET_STEPS, auto_batch, resolve_batch_lr
+    from sagsae_cli.recipe import AUTO_LR, MAX_BATCH, MIN_BATCH, TARGET_STEPS, auto_batch, resolve_recipe
 
     for tokens in (10**4, 150_000, 2 * 10**6, 4 * 10**6, 10**7, 5 * 10**7, 10**9):
         b = auto_batch(tokens)
@@ -369,8 +364,10 @@ def test_budget_aware_batch_and_lr():
         if MIN_BATCH < b < MAX_BATCH:  # about TARGET_STEPS steps: between 1x and 2x of it
             assert TARGET_STEPS <= tokens / b < 2 * TARGET_STEPS
     assert auto_batch(150_000) == 128 and auto_batch(4 * 10**6) == 256 and auto_batch(10**9) == 4096
-    assert resolve_batch_lr(4 * 10**6, "auto", "auto") == (256, AUTO_LR)
-    assert resolve_batch_lr(4 * 10**6, "512", "1e-3") == (512, 1e-3)
+    auto = resolve_recipe("sa-gsae", 4 * 10**6)
+    assert (auto["batch"], auto["lr"]) == (256, AUTO_LR)
+    given = resolve_recipe("sa-gsae", 4 * 10**6, {"batch": 512, "lr": 1e-3})
+    assert (given["batch"], given["lr"]) == (512, 1e-3)
 
 
 def test_short_sa_gsae_runs_are_warned(store, tmp_path):

@@ -26,31 +26,44 @@ from sagsae_cli.files import atomic_write
 
 @dataclass
 class SAEConfig:
-    architecture: str  # the class: sa-gsae, gated, relu, topk, jumprelu
+    architecture: str  # the class: sa-gsae, gated, relu, topk, jumprelu (sagsae_cli/registry.py)
     d_in: int
     d_sae: int
     variant: str = ""  # the registry name it was built from (e.g. no-aux)
     l1: float = 0.0  # sparsity coefficient: lambda (L1 / gate L1) or the L0 coefficient (jumprelu)
     k: int = 0  # topk: active latents per token
-    alpha: float = 1.0  # gated / sa-gsae: auxiliary reconstruction weight (0 = no-aux)
-    tied: bool = True  # sa-gsae: r+ = r-, b_mag+ = b_mag-
-    one_sided: bool = False  # sa-gsae: the negative gate never opens
-    reset: bool = True  # sa-gsae: dead-latent threshold reset
-    split_threshold: bool = False  # sa-gsae: the negative side has its own threshold theta-
-    theta0: float = 1e-3  # initial threshold (sa-gsae, jumprelu), normalised units
-    bandwidth: float = 1e-3  # jumprelu: straight-through rectangle width
-    aux_k: int = 256  # topk: latents in the auxK loss
-    aux_k_coef: float = 1 / 32
     dead_tokens: int = 10_000_000  # a latent silent this many tokens counts as dead
+    # the architecture's own settings and switches, as the registry declares them (theta0, aux_coef,
+    # tied, ...); read as attributes: cfg.theta0. build_sae fills in the defaults and the variant's pins
+    settings: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # provenance: model_name, hook_name, store, ...
+
+    def __getattr__(self, name: str):
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(f"SAEConfig has no setting {name!r} (its architecture's: {sorted(settings)})")
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> SAEConfig:
+        """A cfg.json's fields. Format of 0.2.0 and before: the settings were top-level keys, the
+        auxiliary weight named ``alpha``; they are read into ``settings`` (build_sae keeps those of the
+        SAE's own architecture)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        cfg = cls(**{k: v for k, v in d.items() if k in names})
+        if "settings" not in d:
+            legacy = {("aux_coef" if k == "alpha" else k): v for k, v in d.items() if k in LEGACY_SETTINGS}
+            cfg.settings = legacy
+        return cfg
+
+
+SAELENS_SWITCHES = ("tied", "one_sided", "split_threshold")  # saelens.SAGSAEConfig's fields
+# the top-level cfg.json keys of 0.2.0 and before that were settings (SAEConfig.from_json)
+LEGACY_SETTINGS = ("alpha", "tied", "one_sided", "reset", "split_threshold", "theta0", "bandwidth", "aux_k",
+                   "aux_k_coef")  # fmt: skip
 
 
 class Output(NamedTuple):
@@ -230,6 +243,8 @@ class SAE(nn.Module):
             "model_name": self.cfg.extra.get("model_name", ""),
             "hook_name": self.cfg.extra.get("hook_name", ""),
             "metadata": dict(self.cfg.extra),
+            # the switches SAELens's config of this architecture reads at the top level (saelens.py)
+            **{k: v for k, v in self.cfg.settings.items() if k in SAELENS_SWITCHES},
             **({"l1_final": float(l1_final)} if l1_final is not None else {}),
         }
         atomic_write(run_dir / WEIGHTS, lambda p: save_file(t, str(p)))

@@ -259,6 +259,6 @@ class GatedFamily(SAE):
         f, s, l1 = self._code(self.pre(x))
         x_hat = self.decode(f)
         losses = {"mse": self.mse(x, x_hat), "sparsity": self.coef(coef) * l1}
-        if self.cfg.alpha:  # the gate's own code reconstructs x through a frozen decoder
-            losses["aux"] = self.cfg.alpha * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
+        if self.cfg.aux_coef:  # the gate's own code reconstructs x through a frozen decoder
+            losses["aux"] = self.cfg.aux_coef * self.mse(x, s @ self.W_dec.detach() + self.b_dec.detach())
         return Output(x_hat, f, losses)
