@@ -27,7 +27,7 @@ def best_times(fns, repeats: int = 3) -> list[float]:
 
 
 def optimizer(sae, lr: float, fused: bool = True) -> torch.optim.Adam:
-    """The trainer's Adam (``train.make_optimizer``: fused), or PyTorch's per-tensor loop to compare."""
+    """The trainer's Adam (``run.make_optimizer``: fused), or PyTorch's per-tensor loop to compare."""
     if fused:
         return make_optimizer(sae, lr, 1.0)
     return torch.optim.Adam(sae.param_groups(lr), betas=(0.0, 0.999), foreach=False)
@@ -35,7 +35,7 @@ def optimizer(sae, lr: float, fused: bool = True) -> torch.optim.Adam:
 
 def sae_step_fn(variant: str, d: int, width: int, batch: int, k: int = 64, fused: bool = True):
     """One training step of ``variant`` on a fixed random batch, as the trainer takes it: forward,
-    backward, then ``train.apply_update`` (decoder constraint, gradient clip, Adam). ``fused=False``
+    backward, then ``run.apply_update`` (decoder constraint, gradient clip, Adam). ``fused=False``
     swaps the trainer's fused Adam for PyTorch's per-tensor loop."""
     sae = build_sae(variant, SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4, k=k))
     opt = optimizer(sae, 3e-4, fused)

@@ -5,7 +5,7 @@ CPU at small sizes as a check). Every figure is measured in this one run and pri
 2. the bare SA-GSAE training step (forward, backward, Adam, decoder constraint) under the trainer's
    autocast, as TFLOP/s of its 7 GEMMs and as a share of (1) (the goal on CUDA: >= 40% in bf16), with
    the gate code eager and compiled (``gating.compiled``; its losses checked against eager's);
-3. the trainer's own step (`train.Run.train_step`: the same step plus the per-step bookkeeping:
+3. the trainer's own step (`run.Run.train_step`: the same step plus the per-step bookkeeping:
    loss and L0 read back, non-finite check, dead-latent counters and resets) against (2): how much
    the host costs per step (the H200 finding: ~6.5 ms per run-step at batch 1,024);
 4. the shuffled reader from a local store written here (pinned, prefetching), rows/s against the

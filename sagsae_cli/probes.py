@@ -90,7 +90,7 @@ class LiveBytes(TorchDispatchMode):
 
 def step_peak_bytes(variant: str, d: int, width: int, batch: int, dtype: str = "bf16", device="cpu") -> float:
     """Peak bytes per batch x width element that one bare training step (forward, backward, Adam,
-    decoder constraint; ``train.apply_update``) allocates, under bf16 autocast or in fp32: measured
+    decoder constraint; ``run.apply_update``) allocates, under bf16 autocast or in fp32: measured
     by ``LiveBytes`` on the second step (the first makes the optimiser's state)."""
     from sagsae_cli.run import apply_update, make_optimizer
     from sagsae_cli.sae import SAEConfig, build_sae

@@ -50,7 +50,7 @@ def legacy_dead_window(tokens: int, batch: int) -> int:
 
 
 def default_dead_window(variant: str, tokens: int, batch: int) -> int:
-    """``--dead-window`` 0: auto_dead_window for variants that reset dead latents, else the legacy 10%."""
+    """``--dead-window auto``: auto_dead_window for variants that reset dead latents, else the legacy 10%."""
     try:
         resets = resets_latents(variant)
     except SagsaeError:  # an unknown variant: validate() says so
@@ -199,11 +199,13 @@ class TrainConfig:
         if knob(self.variant) == "k" and not 0 < self.k <= self.width:
             raise SagsaeError(f"{self.variant} needs 0 < --k <= --width (got k={self.k}, width={self.width})")
         if self.tokens <= 0 or self.batch <= 0 or not 0 < self.lr < math.inf:
-            raise SagsaeError("--tokens, --batch and --lr must be positive")
+            raise SagsaeError("--tokens must be positive, --batch and --lr positive or auto")
         if not 0 < self.threshold_lr_mult < math.inf:
-            raise SagsaeError(f"--threshold-lr-mult must be positive (got {self.threshold_lr_mult:g})")
+            raise SagsaeError(
+                f"--threshold-lr-mult must be a positive number or auto (got {self.threshold_lr_mult:g})"
+            )
         if self.dead_window < 1:
-            raise SagsaeError(f"--dead-window must be at least one token (got {self.dead_window})")
+            raise SagsaeError(f"--dead-window must be at least one token, or auto (got {self.dead_window})")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise SagsaeError("Adam betas must lie in [0, 1)")
 
