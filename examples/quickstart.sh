@@ -27,7 +27,7 @@ for HOOK in resid_mid mlp_out; do
 done
 
 sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens 20000 --lr-windows 8 --checkpoints
-sagsae compare --results "$OUT/results" --matched-l0 32
+sagsae compare --results "$OUT/results"  # dead fractions matched inside each cell's own L0 overlap
 sagsae plot pareto --results "$OUT/results" --out "$OUT/figures"
 sagsae plot dead --results "$OUT/results" --out "$OUT/figures"
 sagsae plot census --results "$OUT/results" --out "$OUT/figures"

@@ -37,7 +37,7 @@ sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens "$EVAL_TOKENS
 sagsae ablate --store "$OUT/stores/mlp_out" --width "$H" --l1 "$ABLATE_L1" --seeds 0 --tokens "$TOKENS" \
   --eval-tokens "$EVAL_TOKENS" --out "$OUT/ablation" --results "$OUT/results-ablation"
 
-sagsae compare --results "$OUT/results" --matched-l0 32
+sagsae compare --results "$OUT/results"  # dead fractions matched inside each cell's own L0 overlap
 for FIG in pareto dead census; do
   sagsae plot "$FIG" --results "$OUT/results" --out "$OUT/figures"
 done

@@ -32,7 +32,7 @@ train mlp_out gated 4608 & pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 
 sagsae eval "$OUT"/runs/*/* --results "$OUT/results" --eval-tokens 50000 --lr-windows 16 --checkpoints
-sagsae compare --results "$OUT/results" --matched-l0 32
+sagsae compare --results "$OUT/results"  # dead fractions matched inside each cell's own L0 overlap
 for FIG in pareto dead census convergence; do
   sagsae plot "$FIG" --results "$OUT/results" --out "$OUT/figures"
 done
