@@ -46,7 +46,7 @@ class Setting:
         ) and (self.hi is None or value <= self.hi)  # fmt: skip
         if not ok:
             raise SagsaeError(
-                f"{self.flag} must be a finite number {bound} (got {value:g})".replace("  ", " ")
+                f"{self.flag} must be a finite number{' ' + bound if bound else ''} (got {value:g})"
             )
 
 

@@ -32,7 +32,8 @@ def build_sae(name: str, cfg: SAEConfig, seed: int = 0) -> SAE:
     architecture's defaults, the variant's pinned values and its switches (a saved cfg.json's own
     switches are kept)."""
     key = resolve(name)
-    structure = {**structure_of(key), **{k: v for k, v in cfg.settings.items() if k in structure_of(key)}}
+    switches = structure_of(key)
+    structure = {**switches, **{k: v for k, v in cfg.settings.items() if k in switches}}
     settings = {**settings_of(key, cfg.settings), **structure}
     cfg = replace(cfg, architecture=architecture(key).name, variant=key, settings=settings)
     sae = sae_class(key)(cfg)
