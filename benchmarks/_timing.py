@@ -4,7 +4,8 @@ import time
 
 import torch
 
-from sagsae_cli.run import apply_update, make_optimizer
+from sagsae_cli.probes import bare_step
+from sagsae_cli.run import make_optimizer
 from sagsae_cli.sae import SAEConfig, build_sae
 
 
@@ -38,12 +39,4 @@ def sae_step_fn(variant: str, d: int, width: int, batch: int, k: int = 64, fused
     backward, then ``run.apply_update`` (decoder constraint, gradient clip, Adam). ``fused=False``
     swaps the trainer's fused Adam for PyTorch's per-tensor loop."""
     sae = build_sae(variant, SAEConfig(architecture="", d_in=d, d_sae=width, l1=0.4, k=k))
-    opt = optimizer(sae, 3e-4, fused)
-    x = torch.randn(batch, d)
-
-    def step():
-        opt.zero_grad(set_to_none=False)
-        sum(sae(x).losses.values()).backward()
-        apply_update(sae, opt, 1.0)
-
-    return step
+    return bare_step(sae, optimizer(sae, 3e-4, fused), torch.randn(batch, d))

@@ -31,9 +31,10 @@ from _timing import best_times
 
 from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.distributed import World, pick_device
+from sagsae_cli.probes import bare_step
 from sagsae_cli.reader import DeviceFeed, ShuffledBatches
 from sagsae_cli.recipe import TrainConfig
-from sagsae_cli.run import Run, apply_update, make_optimizer
+from sagsae_cli.run import Run, make_optimizer
 from sagsae_cli.sae import SAEConfig, build_sae, gating
 from sagsae_cli.store import StoreWriter, open_store
 
@@ -89,14 +90,7 @@ def main() -> None:
     opt = make_optimizer(sae, 2e-3, 1.0)
     x = torch.randn(b, d, device=dev)
 
-    def bare():
-        opt.zero_grad(set_to_none=False)
-        with cast:
-            out = sae(x, coef=0.2)
-        loss = sum(v.float() for v in out.losses.values())
-        loss.backward()
-        apply_update(sae, opt, 1.0)
-        return loss
+    bare = bare_step(sae, opt, x, cast, coef=0.2)
 
     def compiled():
         with gating.compiled():

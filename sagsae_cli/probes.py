@@ -88,11 +88,31 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+def bare_step(sae, opt, x: torch.Tensor, cast=None, coef: float | None = None):
+    """One training step as the trainer takes it, without the trainer around it: zero the gradients,
+    forward under ``cast`` (an autocast context, or none), the summed losses (float32) backward, then
+    ``run.apply_update`` (decoder constraint, gradient clip, Adam). Returns a callable that takes the
+    step on ``x`` and returns its loss; the tests' memory probe and the benchmarks all time this one."""
+    from sagsae_cli.run import apply_update
+
+    kwargs = {} if coef is None else {"coef": coef}
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        with cast if cast is not None else nullcontext():
+            out = sae(x, **kwargs)
+        loss = sum(v.float() for v in out.losses.values())
+        loss.backward()
+        apply_update(sae, opt, 1.0)
+        return loss
+
+    return step
+
+
 def step_peak_bytes(variant: str, d: int, width: int, batch: int, dtype: str = "bf16", device="cpu") -> float:
-    """Peak bytes per batch x width element that one bare training step (forward, backward, Adam,
-    decoder constraint; ``run.apply_update``) allocates, under bf16 autocast or in fp32: measured
-    by ``LiveBytes`` on the second step (the first makes the optimiser's state)."""
-    from sagsae_cli.run import apply_update, make_optimizer
+    """Peak bytes per batch x width element that one ``bare_step`` allocates, under bf16 autocast or in
+    fp32: measured by ``LiveBytes`` on the second step (the first makes the optimiser's state)."""
+    from sagsae_cli.run import make_optimizer
     from sagsae_cli.sae import SAEConfig, build_sae
 
     dev = torch.device(device)
@@ -100,15 +120,8 @@ def step_peak_bytes(variant: str, d: int, width: int, batch: int, dtype: str = "
     sae.to(dev)
     opt = make_optimizer(sae, 1e-3, 3.0)
     x = torch.randn(batch, d, generator=torch.Generator().manual_seed(0)).to(dev)
-    cast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=False)
-        with cast:
-            out = sae(x, coef=0.1)
-        sum(v.float() for v in out.losses.values()).backward()
-        apply_update(sae, opt, 1.0)
-
+    cast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else None
+    step = bare_step(sae, opt, x, cast, coef=0.1)
     step()
     probe = LiveBytes()
     with probe:
