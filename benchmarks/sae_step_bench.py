@@ -23,7 +23,7 @@ from _timing import best_times, optimizer, sae_step_fn
 
 from sagsae_cli.allocator import reuse_large_blocks
 from sagsae_cli.errors import SagsaeError
-from sagsae_cli.sae import ARCHITECTURES, SAEConfig, build_sae, gating, resolve
+from sagsae_cli.sae import VARIANTS, SAEConfig, architecture, build_sae, gating, resolve, settings_of
 
 LOOP = " (loop Adam)"
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=4608)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default=",".join(ARCHITECTURES))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--compile", action="store_true", help="also time the gate code under torch.compile")
     ap.add_argument(
         "--optimizers", action="store_true", help="also time each step with PyTorch's per-tensor Adam loop"
@@ -113,13 +113,14 @@ def main() -> None:
     print(f"{'architecture':24s} {'ms/step':>9s} {'tok/s':>9s} {'floor ms':>9s} {'x floor':>8s}")
     times = {}
     for name in names:
-        aux = ARCHITECTURES[name][0] in ("gated", "sa-gsae") and name != "no-aux"
+        gated_family = architecture(name).name in ("gated", "sa-gsae")
+        aux = gated_family and settings_of(name).get("aux_coef", 0.0) > 0
         fns = {name: sae_step_fn(name, a.d, a.width, a.batch)}
         if a.optimizers:
             fns[name + LOOP] = sae_step_fn(name, a.d, a.width, a.batch, fused=False)
-        if a.compile and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
+        if a.compile and gated_family:
             fns[f"{name} (compiled)"] = compiled(sae_step_fn(name, a.d, a.width, a.batch))
-        if a.whole_arrays and ARCHITECTURES[name][0] in ("gated", "sa-gsae"):
+        if a.whole_arrays and gated_family:
             fns[name + WHOLE] = whole_arrays(sae_step_fn(name, a.d, a.width, a.batch))
         floor, *steps = best_times([gemm_floor(a.d, a.width, a.batch, aux), *fns.values()], a.repeats)
         for label, t in zip(fns, steps):
