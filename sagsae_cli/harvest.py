@@ -32,7 +32,7 @@ from sagsae_cli.hooks import decoder_layers, family_of, hook_definition, parse_h
 from sagsae_cli.location import Location
 from sagsae_cli.models import load_model
 from sagsae_cli.progress import progress_bar
-from sagsae_cli.rows import DTYPE_ALIASES
+from sagsae_cli.rows import DTYPE_ALIASES, check_norm_ratio
 from sagsae_cli.store import StoreWriter
 from sagsae_cli.threads import Behind
 
@@ -73,6 +73,7 @@ def harvest(cfg: HarvestConfig, out: str, *, force: bool = False, quiet: bool = 
         raise SagsaeError("all hooks of one harvest must be at the same layer")
     if cfg.context < 2 or cfg.tokens <= 0 or cfg.eval_tokens < 0 or cfg.batch_size <= 0:
         raise SagsaeError("--context must be >= 2, --tokens and --batch-size positive, --eval-tokens >= 0")
+    check_norm_ratio(cfg.max_norm_ratio)
     device = pick_device(cfg.device)
     world = init_world(device)
     warn_of_busy_cores(device, world, quiet)  # the model's forwards wait on busy cores as training does

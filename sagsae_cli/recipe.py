@@ -185,8 +185,10 @@ class TrainConfig:
             setting.check(settings_of(self.variant, self.settings)[setting.name])
         if self.width <= 0:
             raise SagsaeError(f"--width must be positive (got {self.width})")
-        if self.l1 < 0 or self.target_l0 < 0:
-            raise SagsaeError(f"sparsity coefficients and --target-l0 must be non-negative (got {self.l1})")
+        if not (0 <= self.l1 < math.inf and 0 <= self.target_l0 < math.inf):
+            raise SagsaeError(
+                f"--l1 and --target-l0 must be finite numbers >= 0 (got {self.l1:g}, {self.target_l0:g})"
+            )
         if self.target_l0 > self.width:
             raise SagsaeError(
                 f"--target-l0 {self.target_l0:g} exceeds the width {self.width}: an SAE cannot fire more latents "
@@ -208,6 +210,16 @@ class TrainConfig:
             raise SagsaeError(f"--dead-window must be at least one token, or auto (got {self.dead_window})")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise SagsaeError("Adam betas must lie in [0, 1)")
+        for flag, value in (("--checkpoint-every", self.checkpoint_every), ("--log-every", self.log_every)):
+            if value < 1:
+                raise SagsaeError(f"{flag} must be >= 1 (got {value})")
+        for flag, value in (("--data-shards", self.data_shards), ("--snapshots", self.snapshots),
+                            ("--warmup-steps", self.warmup_steps), ("--init-l0", self.init_l0)):  # fmt: skip
+            if not 0 <= value < math.inf:
+                raise SagsaeError(f"{flag} must be >= 0 (got {value:g})")
+        for flag, value in (("--l1-warmup", self.l1_warmup_frac), ("--lr-decay", self.decay_frac)):
+            if not 0 <= value <= 1:
+                raise SagsaeError(f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
 
     @property
     def snapshot_steps(self) -> set[int]:

@@ -4,6 +4,8 @@ checks every row passes on its way in (no NaN or inf, no float16 overflow)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -16,6 +18,18 @@ DTYPES = {
 }
 # the short names train's --dtype uses, accepted wherever a store or model dtype is asked for
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_norm_ratio(ratio: float) -> None:
+    """harvest's and import's norm filter (``max_norm_ratio`` x the median norm): 0 keeps every row;
+    below 1 it would drop the median row and most others."""
+    if not (math.isfinite(ratio) and (ratio == 0 or ratio >= 1)):
+        raise SagsaeError(
+            f"--max-norm-ratio must be 0 (keep every row) or at least 1 (got {ratio:g}): below 1 it drops most "
+            "rows, the median row among them"
+        )
+
+
 FLOAT16_MAX = 65504.0
 
 

@@ -262,3 +262,34 @@ def test_a_url_whose_filesystem_cannot_be_opened_is_one_line(tmp_path, capsys):
         line = one_line_error(run_inproc(*args, capsys=capsys), "unopenable://h/x", "OSError", "libjvm")
         assert "dlopen" not in line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [("snapshots", -1, "--snapshots"), ("warmup_steps", -5, "--warmup-steps"), ("data_shards", -1, "--data-shards"),
+     ("init_l0", float("nan"), "--init-l0"), ("decay_frac", 1.5, "--lr-decay"), ("l1_warmup_frac", -0.1, "--l1-warmup"),
+     ("log_every", 0, "--log-every"), ("checkpoint_every", 0, "--checkpoint-every"), ("l1", float("inf"), "--l1")],
+)  # fmt: skip
+def test_python_api_refuses_what_the_cli_refuses(tmp_path, field, value, needle):
+    """The stages own their bounds: a TrainConfig or an import built in Python is refused with the same
+    line as the command, before anything is written."""
+    from sagsae_cli.errors import SagsaeError
+    from sagsae_cli.recipe import TrainConfig
+
+    with pytest.raises(SagsaeError, match=needle):
+        TrainConfig(width=8, tokens=1000, store=str(tmp_path / "s"), **{field: value}).validate()
+
+
+@pytest.mark.parametrize(
+    "kw,needle", [({"split_eval": 1.0}, "--split-eval"), ({"max_norm_ratio": 0.5}, "--max-norm")]
+)
+def test_python_import_refuses_bad_numbers(tmp_path, kw, needle):
+    import numpy as np
+
+    from sagsae_cli.errors import SagsaeError
+    from sagsae_cli.importer import import_store
+
+    np.save(tmp_path / "a.npy", np.ones((64, 4), dtype=np.float32))
+    with pytest.raises(SagsaeError, match=needle):
+        import_store(tmp_path / "a.npy", tmp_path / "store", **kw)
+    assert not (tmp_path / "store").exists()

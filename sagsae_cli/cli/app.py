@@ -129,15 +129,6 @@ def _dead_window(text: str) -> int | str:
     return "auto" if auto else _tokens(text, "--dead-window", lo=1)
 
 
-def _check_norm_ratio(ratio: float) -> None:
-    """harvest's and import's --max-norm-ratio: 0 keeps every row; below 1 would drop the median row."""
-    _check(
-        math.isfinite(ratio) and (ratio == 0 or ratio >= 1),
-        f"--max-norm-ratio must be 0 (keep every row) or at least 1 (got {ratio:g}): below 1 it drops most "
-        "rows, the median row among them",
-    )
-
-
 SETTINGS = "Architecture settings (sagsae_cli/registry.py; each applies to the architectures named)"
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sagsae_cli.cli.app import Quiet, _check, _check_norm_ratio, _tokens, app, store_app
+from sagsae_cli.cli.app import Quiet, _check, _tokens, app, store_app
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.progress import console, styled
 
@@ -89,9 +89,9 @@ def harvest(
     Resumable: rerun the same command after an interruption and it continues from the last commit.
     """
     tokens, eval_tokens = _tokens(tokens), _tokens(eval_tokens, "--eval-tokens", lo=0)
-    _check_norm_ratio(max_norm_ratio)
-    _check(context >= 2 and batch_size >= 1, "--context must be >= 2 and --batch-size >= 1")
-    from sagsae_cli.rows import DTYPE_ALIASES
+    from sagsae_cli.rows import DTYPE_ALIASES, check_norm_ratio
+
+    check_norm_ratio(max_norm_ratio)  # refused on either source, though only an LM's rows are filtered
 
     if dtype == "auto":  # docs/METHOD.md §8: bf16 halves an LM store at no measurable cost in R²
         dtype = "float32" if source == "synthetic" else "bfloat16"
@@ -198,9 +198,6 @@ def store_import(
     Streamed in slices with bounded memory; the first --split-eval of the rows becomes the eval split.
     """
     from sagsae_cli.importer import import_store
-
-    _check(0 <= split_eval < 1, f"--split-eval is a share in [0, 1) (got {split_eval:g})")
-    _check_norm_ratio(max_norm_ratio)
     from sagsae_cli.rows import DTYPE_ALIASES
 
     dtype = DTYPE_ALIASES.get(dtype, dtype)

@@ -116,16 +116,6 @@ def train(
         width = int(round((expansion or 8) * d))
     seed_list = _ints(seeds, "--seeds")
     _check(bool(seed_list), "--seeds needs at least one seed")
-    for flag, value in (
-        ("--checkpoint-every", checkpoint_every),
-        ("--log-every", log_every),
-    ):
-        _check(value >= 1, f"{flag} must be >= 1 (got {value})")
-    _check(data_shards >= 0, f"--data-shards must be >= 0 (got {data_shards})")
-    _check(snapshots >= 0 and warmup_steps >= 0, "--snapshots and --warmup-steps must be >= 0")
-    for flag, value in (("--l1-warmup", l1_warmup), ("--lr-decay", lr_decay)):
-        _check(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
-    _check(init_l0 >= 0, "--init-l0 must be >= 0")
     run_tokens, dead_tokens = _tokens(tokens), _dead_window(dead_window)
     batch, lr = _auto(batch, "--batch", int), _auto(lr, "--lr")
     base = TrainConfig(
@@ -177,11 +167,6 @@ def ablate(
     from sagsae_cli.ablate import ablate as run_ablate
     from sagsae_cli.recipe import TrainConfig
 
-    _check(width >= 1, "--width must be positive")
-    _check(
-        math.isfinite(l1) and math.isfinite(target_l0) and l1 >= 0 and target_l0 >= 0,
-        f"--l1 and --target-l0 must be finite numbers >= 0 (got {l1:g}, {target_l0:g})",
-    )
     eval_tokens = _tokens(eval_tokens, "--eval-tokens")
     run_tokens = _tokens(tokens)
     base = TrainConfig(width=width, l1=l1, target_l0=target_l0, tokens=run_tokens, batch=_auto(batch, "--batch", int),
