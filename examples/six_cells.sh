@@ -11,6 +11,8 @@
 #   MODELS=smollm2-135m:15 bash examples/six_cells.sh &           # each process uses one thread
 #   EXTRAS=1 bash examples/six_cells.sh                           # also H = 4d on mlp_out, the ablation
 #                                                                 # grid, census and SA-GSAE@2H (below)
+#   TOKENS=1M TAG=-1m SNAPSHOTS=8 LR_WINDOWS=0 bash examples/six_cells.sh   # docs/RESULTS.md's headline:
+#                                                                 # runs in runs-1m/, tables in results-1m/
 #
 # Budget: TOKENS training tokens per run (default 2M: the CPU budget at which SmolLM2's comparison
 # stopped moving, docs/RESULTS.md). One model's three cells x three seeds at 2M tokens take about
@@ -34,6 +36,7 @@ SEEDS=${SEEDS:-0 1 2}
 LR_WINDOWS=${LR_WINDOWS:-8}          # held-out windows for loss recovered
 SNAPSHOTS=${SNAPSHOTS:-4}
 EXTRAS=${EXTRAS:-0}
+TAG=${TAG:-}                         # suffix of the runs and results folders (one pair per budget)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # shellcheck source=examples/_setup.sh
 . examples/_setup.sh
@@ -54,16 +57,16 @@ for ML in $MODELS; do
       COEFS=$L1
       case "$MODEL:$HOOK" in gemma3-270m:resid_mid | gemma3-270m:attn_out) COEFS=$L1_GEMMA_SPARSE ;; esac
       for VW in "sa-gsae:$D" "gated:$((2 * D))"; do
-        sagsae train --store "$M/stores/$HOOK" --out "$M/runs/$HOOK" --variant "${VW%%:*}" --width "${VW##*:}" \
+        sagsae train --store "$M/stores/$HOOK" --out "$M/runs$TAG/$HOOK" --variant "${VW%%:*}" --width "${VW##*:}" \
           --l1 "$COEFS" --seeds "$SEED" --tokens "$TOKENS" --snapshots "$SNAPSHOTS" --log-every 100 --quiet
       done
     done
-    sagsae eval "$M"/runs/*/* --results "$M/results" --eval-tokens "$EVAL_TOKENS" --lr-windows "$LR_WINDOWS" \
+    sagsae eval "$M/runs$TAG"/*/* --results "$M/results$TAG" --eval-tokens "$EVAL_TOKENS" --lr-windows "$LR_WINDOWS" \
       --checkpoints --quiet
   done
-  sagsae compare --results "$M/results"
+  sagsae compare --results "$M/results$TAG"
   for FIG in pareto dead census convergence; do
-    sagsae plot "$FIG" --results "$M/results" --out "$M/figures"
+    sagsae plot "$FIG" --results "$M/results$TAG" --out "$M/figures$TAG"
   done
 
   if [ "$EXTRAS" = 1 ]; then
@@ -75,7 +78,7 @@ for ML in $MODELS; do
     [ "$MODEL" = gemma3-270m ] && COEFS=$L1_GEMMA_SPARSE
     sagsae train --store "$M/stores/resid_mid" --out "$M/runs-sa2h/resid_mid" --variant sa-gsae \
       --width $((2 * D)) --l1 "$COEFS" --seeds 0 --tokens "$TOKENS" --quiet
-    sagsae eval "$M"/runs-sa2h/*/* "$M"/runs/resid_mid/gated-* --results "$M/results-sa2h" \
+    sagsae eval "$M"/runs-sa2h/*/* "$M/runs$TAG"/resid_mid/gated-* --results "$M/results-sa2h" \
       --eval-tokens "$EVAL_TOKENS" --lr-windows 0 --quiet
     sagsae compare --results "$M/results-sa2h" --width-ratio 1
     # H = 4d on mlp_out (two seeds): dead latents appear in wide dictionaries
