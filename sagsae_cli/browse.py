@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.evaluate import PAIR_COFIRE, PAIR_COS, check_pairing, eval_rows_for, run_store
 from sagsae_cli.files import SAE_CFG, read_json, train_cfg
 from sagsae_cli.metrics import Census, cofiring, opposed_pairs, pairs_table
@@ -281,6 +281,7 @@ def browse(run_dirs: list[str], out: str | Path, *, store: str | None = None, to
            top_k: int = 10, compare: bool = False, force: bool = False, device: str = "cpu",
            quiet: bool = False, latents: list[int] | None = None, allow_mismatch: bool = False) -> Path:  # fmt: skip
     """Build the site (and features.parquet, pairs.parquet with ``compare``) into ``out``, atomically."""
+    require(1 <= top_k <= 1000, f"--top must lie between 1 and 1000 (got {top_k})")
     out = Path(out)
     from sagsae_cli.foreign import detect, load_foreign
 

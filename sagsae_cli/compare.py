@@ -10,11 +10,12 @@ own overlap) and the sweep-geomean dead ratio; on seed means and on each seed al
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.files import atomic_write, read_parquet
 from sagsae_cli.metrics import (
     dead_reduction,
@@ -101,6 +102,15 @@ def _pair(fa: pd.DataFrame, fb: pd.DataFrame, width: int, ratio: int, matched_l0
             "paper_verdict": paper_verdict(verdict["dominates"], verdict["worst_gap"], dead["dead_cut_at_l0"])}  # fmt: skip
 
 
+def check_options(matched_l0: float | None, ratio: int) -> None:
+    """compare's own numbers, checked before any table is read."""
+    require(
+        matched_l0 is None or (math.isfinite(matched_l0) and matched_l0 > 0),
+        f"--matched-l0 must be positive (got {matched_l0})",
+    )
+    require(ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {ratio})")
+
+
 def compare(
     table: pd.DataFrame, matched_l0: float | None = None, a: str = "sa-gsae", b: str = "gated", ratio: int = 2
 ) -> pd.DataFrame:
@@ -109,6 +119,7 @@ def compare(
     (``pareto_verdict``, ``dead_reduction`` at ``matched_l0``, or inside the cell's own L0 overlap when
     None, ``paper_verdict``), the same on each seed that both sides have (``seed_rows``), and whether
     the verdict holds in every seed (``*_every_seed``, the per-seed extremes)."""
+    check_options(matched_l0, ratio)
     rows = [
         {k: v for k, v in r.items() if k != "per_seed"} for r in _compare_rows(table, matched_l0, a, b, ratio)
     ]

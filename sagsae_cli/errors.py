@@ -11,6 +11,13 @@ class SagsaeError(Exception):
     """Bad input or a state the user must fix. The message says what is wrong and what to do."""
 
 
+def require(ok: bool, message: str) -> None:
+    """Refuse bad input: ``SagsaeError(message)`` unless ``ok``. The stages check their own bounds
+    with it, so the command line and the Python API refuse alike."""
+    if not ok:
+        raise SagsaeError(message)
+
+
 class PeerError(SagsaeError):
     """Raised on the other ranks of a torchrun job when rank 0 hit a SagsaeError: rank 0 prints the
     message, the others exit with code 2 quietly instead of failing inside a collective."""

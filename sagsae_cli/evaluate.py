@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from sagsae_cli.distributed import pick_device
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.faults import fault_point
 from sagsae_cli.files import REEVAL, SAE_WEIGHTS, atomic_write, read_parquet, snapshot_dirs, snapshot_tokens
 from sagsae_cli.files import train_cfg as read_train_cfg
@@ -226,6 +226,12 @@ def evaluate(
     dictionary_learning: ``foreign``) are evaluated on ``store``, which they need. Returns the final rows
     (new and cached) as a DataFrame."""
     from sagsae_cli.foreign import detect
+
+    require(
+        0 <= bipolar_threshold <= 0.5,
+        f"--bipolar-threshold is a minority share in [0, 0.5] (got {bipolar_threshold:g})",
+    )
+    require(lr_windows >= 0, f"--lr-windows must be >= 0 (got {lr_windows})")
 
     sources, skipped = {}, []
     for d in map(Path, run_dirs):  # shell globs may also match other files: those are skipped

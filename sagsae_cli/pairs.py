@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.evaluate import check_pairing, eval_rows_for, foreign_forward, measure, run_store
 from sagsae_cli.files import atomic_write
 from sagsae_cli.foreign import detect, load_foreign
@@ -29,6 +29,8 @@ def pairs(path: str | Path, store: str | None = None, tau: float = 0.9, max_cofi
     """(pairs table, summary) of the SAE at ``path`` on ``store`` (a sagsae run: its own store by default)."""
     from sagsae_cli.distributed import pick_device
 
+    require(0 < tau <= 1, f"--cos is tau in (0, 1] (got {tau:g})")
+    require(0 <= max_cofire <= 1, f"--max-cofire is a share in [0, 1] (got {max_cofire:g})")
     path, device = Path(path), pick_device(device)
     source = detect(path)
     if source == "sagsae":

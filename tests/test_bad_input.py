@@ -293,3 +293,29 @@ def test_python_import_refuses_bad_numbers(tmp_path, kw, needle):
     with pytest.raises(SagsaeError, match=needle):
         import_store(tmp_path / "a.npy", tmp_path / "store", **kw)
     assert not (tmp_path / "store").exists()
+
+
+def test_python_results_stages_refuse_bad_numbers(tmp_path):
+    """evaluate, pairs, compare and browse check their own numbers (before reading any input)."""
+    import pandas as pd
+
+    from sagsae_cli.browse import browse
+    from sagsae_cli.compare import compare
+    from sagsae_cli.errors import SagsaeError
+    from sagsae_cli.evaluate import evaluate
+    from sagsae_cli.pairs import pairs
+
+    missing = str(tmp_path / "none")
+    calls = [
+        (lambda: evaluate([missing], tmp_path / "r", bipolar_threshold=0.7), "--bipolar-threshold"),
+        (lambda: evaluate([missing], tmp_path / "r", lr_windows=-1), "--lr-windows"),
+        (lambda: pairs(missing, tau=1.5), "--cos"),
+        (lambda: pairs(missing, max_cofire=-0.1), "--max-cofire"),
+        (lambda: compare(pd.DataFrame(), matched_l0=float("nan")), "--matched-l0"),
+        (lambda: compare(pd.DataFrame(), ratio=0), "--width-ratio"),
+        (lambda: browse([missing], tmp_path / "site", top_k=0), "--top"),
+    ]
+    for call, needle in calls:
+        with pytest.raises(SagsaeError, match=needle):
+            call()
+    assert not any(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import typer
 
 from sagsae_cli import __version__
 from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import require as _check
 from sagsae_cli.registry import ARCHITECTURES, all_settings
 
 app = typer.Typer(
@@ -116,11 +117,6 @@ def _auto(text: str, flag: str, parse=float):
         raise SagsaeError(f"{flag} takes a number or auto (got {text!r})") from None
     _check(math.isfinite(value), f"{flag} takes a number or auto (got {text!r})")
     return value
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise SagsaeError(message)
 
 
 def _dead_window(text: str) -> int | str:

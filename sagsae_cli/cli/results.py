@@ -45,11 +45,6 @@ def eval_cmd(
     from sagsae_cli.evaluate import evaluate
 
     eval_tokens = _tokens(eval_tokens, "--eval-tokens")
-    _check(
-        0 <= bipolar_threshold <= 0.5,
-        f"--bipolar-threshold is a minority share in [0, 0.5] (got {bipolar_threshold:g})",
-    )
-    _check(lr_windows >= 0, f"--lr-windows must be >= 0 (got {lr_windows})")
     frame = evaluate(runs, results, eval_tokens=eval_tokens, force=force, bipolar_threshold=bipolar_threshold,
                      lr_windows=lr_windows, model=model, quiet=quiet, checkpoints=checkpoints,
                      device=device, store=store, allow_mismatch=allow_mismatch)  # fmt: skip
@@ -97,8 +92,6 @@ def pairs(
     from sagsae_cli.pairs import pairs as find_pairs
     from sagsae_cli.pairs import write
 
-    _check(0 < cos <= 1, f"--cos is tau in (0, 1] (got {cos:g})")
-    _check(0 <= max_cofire <= 1, f"--max-cofire is a share in [0, 1] (got {max_cofire:g})")
     table, summary = find_pairs(sae, store, tau=cos, max_cofire=max_cofire, eval_tokens=_tokens(eval_tokens, "--eval-tokens"),
                                 allow_mismatch=allow_mismatch, device=device)  # fmt: skip
     path = write(table, out, force=force)
@@ -131,6 +124,7 @@ def compare(
 
     from sagsae_cli.compare import (
         PAIR_KEYS,
+        check_options,
         convergence,
         gap_by_tokens,
         ratio_label,
@@ -140,11 +134,8 @@ def compare(
     from sagsae_cli.compare import compare as run_compare
     from sagsae_cli.evaluate import read_table
 
-    _check(
-        matched_l0 is None or (math.isfinite(matched_l0) and matched_l0 > 0),
-        f"--matched-l0 must be positive (got {matched_l0})",
-    )
-    _check(width_ratio >= 1, f"--width-ratio must be a whole number >= 1 (got {width_ratio})")
+    check_options(matched_l0, width_ratio)
+
     # every input is read and every table computed before anything is written or printed
     table = read_table(results)
     frame = run_compare(table, matched_l0=matched_l0, a=a, b=b, ratio=width_ratio)
@@ -304,7 +295,6 @@ def browse(
     from sagsae_cli.browse import browse as run_browse
     from sagsae_cli.distributed import pick_device
 
-    _check(1 <= top <= 1000, f"--top must lie between 1 and 1000 (got {top})")
     n = None if tokens is None else _tokens(tokens, "--tokens")
     keep = None if latents is None else _latent_list(latents)
     index = run_browse(runs, out, store=store, tokens=n, top_k=top, compare=compare, force=force,
