@@ -19,6 +19,7 @@ from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.files import atomic_write, read_parquet
 from sagsae_cli.metrics import (
     dead_reduction,
+    last_stretch,
     pareto_verdict,
     tokens_on_frontier,
     tokens_to_converge,
@@ -202,7 +203,10 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
     which does not count moving along that frontier as unconverged, and ``tokens_to_objective``: from
     when on its held-out training objective stays within ``objective_tol`` (relative) of its final value
     (``metrics.tokens_to_objective``; NaN for rows evaluated before eval recorded the objective).
-    ``finished`` is False when the run's last point is a snapshot (training still under way)."""
+    ``finished`` is False when the run's last point is a snapshot (training still under way).
+    ``r2_last_stretch`` / ``objective_last_stretch``: how much the final stretch, from the last
+    snapshot to the final point, still raised R² (absolute) and lowered the objective (relative to its
+    final value); under an lr decay that stretch includes the anneal (docs/METHOD.md §6)."""
     history = _history(checkpoints, final)
     if "objective" not in history:
         history = history.assign(objective=float("nan"))
@@ -220,7 +224,9 @@ def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2
                      "converged_at_frac": ttc / float(last.tokens), "tokens_on_frontier": on_frontier,
                      "tokens_to_objective": tokens_to_objective(g.tokens.to_numpy(), g.objective.to_numpy(),
                                                                 objective_tol),
-                     "sweep_points": len(sweep)})  # fmt: skip
+                     "sweep_points": len(sweep),
+                     **dict(zip(("r2_last_stretch", "objective_last_stretch"),
+                                last_stretch(g.tokens.to_numpy(), g.r2.to_numpy(), g.objective.to_numpy())))})  # fmt: skip
     frame = pd.DataFrame(rows)
     if len(frame):
         # converged: settled before the last point by every definition (at the last point each holds trivially)

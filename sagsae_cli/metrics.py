@@ -209,6 +209,16 @@ def tokens_to_objective(tokens, objective, rel_tol: float = 0.01) -> float:
     return _settled_from(t, np.abs(v - v[-1]) <= rel_tol * abs(v[-1]))
 
 
+def last_stretch(tokens, r2, objective) -> tuple[float, float]:
+    """What a run's final stretch, from its second-to-last checkpoint to its last, still changed: R²
+    gained (absolute) and objective lost (relative to the last value). NaN with fewer than two points
+    (the objective's NaN where it was not recorded)."""
+    if len(tokens) < 2:
+        return float("nan"), float("nan")
+    _, r, v = _by_tokens(tokens, r2, objective)
+    return float(r[-1] - r[-2]), float(v[-2] / v[-1] - 1)
+
+
 def _by_tokens(tokens, *series):
     """``tokens`` and each series as float arrays, in the order of ``tokens`` (stable)."""
     import numpy as np

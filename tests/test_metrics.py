@@ -172,6 +172,16 @@ def test_tokens_to_objective_on_a_hand_made_history():
     assert math.isnan(tokens_to_objective(tokens, [1.0, float("nan"), 1.0, 1.0, 1.0]))  # not recorded
 
 
+def test_last_stretch_is_what_the_final_stretch_changed():
+    from sagsae_cli.metrics import last_stretch
+
+    # points out of order: the last two in tokens are 400 (R² 0.90, objective 1.05) and 500 (0.92, 1.0)
+    dr2, dobj = last_stretch([500, 100, 400], [0.92, 0.5, 0.90], [1.0, 3.0, 1.05])
+    assert dr2 == pytest.approx(0.02) and dobj == pytest.approx(0.05)
+    assert all(math.isnan(v) for v in last_stretch([100], [0.9], [1.0]))
+    assert math.isnan(last_stretch([1, 2], [0.8, 0.9], [float("nan"), 1.0])[1])
+
+
 def test_tokens_on_frontier_counts_moving_along_the_frontier_as_converged():
     from sagsae_cli.metrics import tokens_on_frontier, tokens_to_converge
 
@@ -222,6 +232,10 @@ def test_convergence_and_gap_by_tokens_from_tables():
         "run"
     )
     assert (conv.tokens_to_objective == conv.tokens_to_converge).all()
+    # the final stretch (200 -> 300 tokens): sa-gsae gains 0.1 R², its objective 1 - r2 drops 0.1 / its final
+    assert conv.r2_last_stretch.to_dict() == pytest.approx({"sa-gsae-0.1": 0.1, "sa-gsae-0.4": 0.1,
+                                                            "gated-0.1": 0.0, "gated-0.4": 0.0})  # fmt: skip
+    assert conv.loc["sa-gsae-0.1", "objective_last_stretch"] == pytest.approx(0.2 / 0.1 - 1)
     gaps = gap_by_tokens(snaps, final, matched_l0=4).set_index("tokens")
     # SA - Gated at equal L0: -0.35, -0.10, 0.0 at 100, 200, 300 tokens
     assert gaps.worst_gap.to_dict() == pytest.approx({100: -0.35, 200: -0.10, 300: 0.0})

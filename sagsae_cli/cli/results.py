@@ -211,6 +211,12 @@ def _tokens_cells(tokens) -> tuple[str, str]:
     return f"{tokens.median():,.0f}", f"{tokens.max():,.0f}"
 
 
+def _stretch_cell(g) -> str:
+    """Median R² gained / objective lost over the runs' final stretch, — where not measured."""
+    r2, obj = g.r2_last_stretch.median(), g.objective_last_stretch.median()
+    return "—" if r2 != r2 else f"{r2:+.3f} / {obj:.1%}" if obj == obj else f"{r2:+.3f} / —"
+
+
 def _print_convergence(conv, gaps) -> None:
     """Tokens to converge per run and the gap per snapshot (when `eval --checkpoints` has run)."""
     table = Table(
@@ -218,16 +224,17 @@ def _print_convergence(conv, gaps) -> None:
         "point (median, slowest), and until it stays on its sweep's final frontier (R² at most 0.005 below "
         "it at the run's L0; moving along it counts as converged), and until its held-out training objective "
         "stays within 1% of its final value (— where the objective was not recorded); converged: settled before the "
-        "last point by all three (at the last point each holds trivially)"
+        "last point by all three (at the last point each holds trivially); last stretch: the median R² gained and "
+        "objective lost from the last snapshot to the final point (with an lr decay, the anneal is in it)"
     )
     heads = ("cell", "variant", "width", "runs", "median", "slowest", "frontier median", "frontier slowest",
-             "objective median", "objective slowest", "of", "finished", "converged")  # fmt: skip
+             "objective median", "objective slowest", "of", "last stretch", "finished", "converged")  # fmt: skip
     for h in heads:
         table.add_column(h, justify="left" if h in ("cell", "variant") else "right")
     for (model, hook, variant, width), g in conv.groupby(["model", "hook", "variant", "width"]):
         table.add_row(f"{model} {hook}", variant, str(width), str(len(g)), *_tokens_cells(g.tokens_to_converge),
                       *_tokens_cells(g.tokens_on_frontier), *_tokens_cells(g.tokens_to_objective),
-                      f"{g.tokens_final.max():,}",
+                      f"{g.tokens_final.max():,}", _stretch_cell(g),
                       f"{int(g.finished.sum())}/{len(g)}", f"{int(g.converged.sum())}/{len(g)}")  # fmt: skip
     console.print(table)
     if gaps is None:
