@@ -5,7 +5,7 @@ compare and convergence tables that `sagsae compare` saved in each results direc
 
 Ours: seed means, verdicts per seed in brackets; "converged" counts the runs that settled before their last
 snapshot by each of compare's three tokens-to-converge definitions (R² and L0 / on the frontier / on the
-objective). Then a second table per cell: dead fractions, SA-half's bipolar census and Gated-full's
+objective), and the median R² gained and objective lost over the runs' last stretch (last snapshot to end). Then a second table per cell: dead fractions, SA-half's bipolar census and Gated-full's
 opposed pairs (sweep means over coefficients, seed means).
 """
 
@@ -47,6 +47,11 @@ def ours(results: Path, tokens: str) -> list[list[str]]:
                 for col in ("tokens_to_converge", "tokens_on_frontier", "tokens_to_objective")
             ]
             conv_cell = " / ".join(map(str, settled)) + f" of {len(c)}"
+            if (
+                "r2_last_stretch" in c and c.r2_last_stretch.notna().any()
+            ):  # what the final stretch still moved
+                conv_cell += (f" (last stretch {c.r2_last_stretch.median():+.3f} R², "
+                              f"{c.objective_last_stretch.median():.1%} objective)")  # fmt: skip
         width = r.a.split("@")[1] + " / " + r.b.split("@")[1]
         rows.append(["ours", r.model, r.hook, width, f"{yes(r.dominates)} ({yes(r.dominates_every_seed)})",
                      f"{r.worst_gap:+.4f} ({r.worst_gap_seed_min:+.4f})", yes(r.worst_gap >= -BAND),
