@@ -184,3 +184,37 @@ def test_axis_coverage_agrees_with_eval_on_a_synthetic_run(tmp_path):
     p = subprocess.run([sys.executable, str(probe), str(next((tmp_path / "r2").iterdir()))], capture_output=True,
                        text=True)  # fmt: skip
     assert p.returncode == 2 and "no ground truth" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_budget_delta_compares_final_points_of_two_budgets(tmp_path):
+    """examples/budget_delta.py on two hand-made results folders: the objective's fall, the L0 ratio and
+    the R² change per cell and variant, over the runs both budgets have (a run in one only is left out)."""
+    import sys
+
+    import pandas as pd
+
+    def results(name, runs):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        for i, (variant, l1, objective, r2, l0) in enumerate(runs):
+            pd.DataFrame([{"model": "m", "hook": "mlp_out", "variant": variant, "width": 8, "l1": l1, "seed": 0,
+                           "objective": objective, "r2": r2, "l0": l0, "eval_tokens": 100}]).to_parquet(
+                tmp_path / name / "eval" / f"{i}.parquet")  # fmt: skip
+        return str(tmp_path / name)
+
+    short = results("short", [("sa-gsae", 0.1, 1.2, 0.80, 40.0), ("sa-gsae", 0.2, 2.2, 0.70, 20.0),
+                              ("gated", 0.1, 1.0, 0.85, 30.0)])  # fmt: skip
+    long = results("long", [("sa-gsae", 0.1, 1.0, 0.82, 20.0), ("sa-gsae", 0.2, 2.0, 0.71, 15.0),
+                            ("sa-gsae", 0.4, 3.0, 0.60, 5.0)])  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "examples" / "budget_delta.py"
+    p = subprocess.run([sys.executable, str(script), short, long], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| m |")]
+    assert len(rows) == 1  # gated is in one budget only
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # objective falls 20% and 10% (median 15%); L0 ratios 0.5 and 0.75; R² +0.02 and +0.01
+    assert cells[2:] == ["sa-gsae", "2", "15.0% (10.0% to 20.0%)", "0.62 (0.50 to 0.75)",
+                         "+0.015 (+0.010 to +0.020)"]  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, str(script), short, str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "none" in p.stderr.strip().splitlines()[-1]
