@@ -18,7 +18,7 @@ STORE="$OUT/store-superposition"
 sagsae harvest --source synthetic --protocol B --d 32 --n-axes 64 --paired-fraction 0.25 --l0 3 \
   --tokens 4000000 --eval-tokens 50000 --out "$STORE" --quiet > /dev/null
 
-flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the paper's other settings)
+flags() {  # candidate -> training flags (the baseline: batch 1024, lr 2e-3, the default recipe's other settings)
   case "$1" in
     base) echo "--batch 1024 --lr 2e-3" ;;
     batch256) echo "--batch 256 --lr 2e-3" ;;

@@ -188,7 +188,7 @@ def test_threshold_lr_mult_auto_is_budget_aware(synth, tmp_path):
     """auto: steps x threshold lr = 100, the multiple within [1, 10] (hand-computed cases); the resolved
     multiple is the run's config: the optimizer uses it, and a rerun at another is refused."""
     assert TrainConfig(tokens=2_000_000, batch=128, lr=2e-3).threshold_lr_mult == pytest.approx(100 / 31.25)
-    # the quickstart's 1,172 steps: 42.7, capped at the paper's 10
+    # the quickstart's 1,172 steps: 42.7, capped at our reconstruction's 10
     assert TrainConfig(tokens=150_000, batch=128, lr=2e-3).threshold_lr_mult == 10.0
     assert TrainConfig(tokens=10**9, batch=1024, lr=2e-3).threshold_lr_mult == 1.0  # 976,563 steps: 0.05 -> 1
     assert TrainConfig(tokens=80_000, batch=1000, threshold_lr_mult=3.0).threshold_lr_mult == 3.0

@@ -103,7 +103,7 @@ def _reset_after_two_steps(store, tmp_path, mode):
 def test_residual_resets_point_dead_latents_at_the_batchs_worst_tokens(store, tmp_path, monkeypatch):
     """--reset-mode residual: the latents reset at a step take the directions of that batch's
     worst-reconstructed tokens (x - x_hat before the update), with their W_dec/W_enc moments cleared;
-    every other parameter moves exactly as under the paper's threshold-only reset."""
+    every other parameter moves exactly as under our reconstruction's threshold-only reset."""
     plain = _reset_after_two_steps(store, tmp_path, "threshold")[0]
     moved, x, before, _ = _reset_after_two_steps(store, tmp_path, "residual")
     with torch.no_grad():
