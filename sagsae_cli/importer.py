@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.progress import progress_bar
 from sagsae_cli.rows import check_norm_ratio
 from sagsae_cli.store import StoreWriter, open_store
@@ -178,8 +178,7 @@ def import_store(src: str | Path, out: str | Path, *, split_eval: float = 0.05, 
                  dtype: str = "float32", max_norm_ratio: float = 10.0, model: str = "", hook_name: str = "",
                  force: bool = False, quiet: bool = False) -> str:  # fmt: skip
     """Import ``src`` into the store ``out`` (resumes an interrupted import of the same source)."""
-    if not 0 <= split_eval < 1:
-        raise SagsaeError(f"--split-eval is a share in [0, 1) (got {split_eval:g})")
+    require(0 <= split_eval < 1, f"--split-eval is a share in [0, 1) (got {split_eval:g})")
     check_norm_ratio(max_norm_ratio)
     sources = find_sources(src, column)
     total = sum(s.rows for s in sources)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.registry import architecture, knob, resets_latents, resolve, settings_of
 
 # Budget-aware defaults (docs/METHOD.md §8): SA-GSAE needs optimizer steps more than tokens, so a
@@ -211,15 +211,12 @@ class TrainConfig:
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise SagsaeError("Adam betas must lie in [0, 1)")
         for flag, value in (("--checkpoint-every", self.checkpoint_every), ("--log-every", self.log_every)):
-            if value < 1:
-                raise SagsaeError(f"{flag} must be >= 1 (got {value})")
+            require(value >= 1, f"{flag} must be >= 1 (got {value})")
         for flag, value in (("--data-shards", self.data_shards), ("--snapshots", self.snapshots),
                             ("--warmup-steps", self.warmup_steps), ("--init-l0", self.init_l0)):  # fmt: skip
-            if not 0 <= value < math.inf:
-                raise SagsaeError(f"{flag} must be >= 0 (got {value:g})")
+            require(0 <= value < math.inf, f"{flag} must be >= 0 (got {value:g})")
         for flag, value in (("--l1-warmup", self.l1_warmup_frac), ("--lr-decay", self.decay_frac)):
-            if not 0 <= value <= 1:
-                raise SagsaeError(f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
+            require(0 <= value <= 1, f"{flag} is a fraction of the run in [0, 1] (got {value:g})")
 
     @property
     def snapshot_steps(self) -> set[int]:

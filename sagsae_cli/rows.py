@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.errors import SagsaeError, require
 
 DTYPES = {
     "float32": ("float32", torch.float32),
@@ -23,11 +23,11 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def check_norm_ratio(ratio: float) -> None:
     """harvest's and import's norm filter (``max_norm_ratio`` x the median norm): 0 keeps every row;
     below 1 it would drop the median row and most others."""
-    if not (math.isfinite(ratio) and (ratio == 0 or ratio >= 1)):
-        raise SagsaeError(
-            f"--max-norm-ratio must be 0 (keep every row) or at least 1 (got {ratio:g}): below 1 it drops most "
-            "rows, the median row among them"
-        )
+    require(
+        math.isfinite(ratio) and (ratio == 0 or ratio >= 1),
+        f"--max-norm-ratio must be 0 (keep every row) or at least 1 (got {ratio:g}): below 1 it drops most "
+        "rows, the median row among them",
+    )
 
 
 FLOAT16_MAX = 65504.0

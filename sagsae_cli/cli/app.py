@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 
 from sagsae_cli import __version__
-from sagsae_cli.errors import SagsaeError
-from sagsae_cli.errors import require as _check
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.registry import ARCHITECTURES, all_settings
 
 app = typer.Typer(
@@ -64,7 +63,7 @@ def _floats(text: str, flag: str, lo: float | None = None, what: str = "a finite
         raise SagsaeError(f"{flag} takes comma-separated numbers (got {text!r})") from None
     bound = "finite" if lo is None else f"{what} >= {lo:g}"
     for v in values:
-        _check(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
+        require(math.isfinite(v) and (lo is None or v >= lo), f"{flag} must be {bound} (got {v:g})")
     _unique(values, flag)
     return values
 
@@ -72,7 +71,7 @@ def _floats(text: str, flag: str, lo: float | None = None, what: str = "a finite
 def _unique(values: list, flag: str) -> None:
     """A list option names each value once: a duplicate would be the same run twice."""
     twice = sorted({str(v) for v in values if values.count(v) > 1})
-    _check(not twice, f"{flag} names {', '.join(twice)} more than once: give each value once")
+    require(not twice, f"{flag} names {', '.join(twice)} more than once: give each value once")
 
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes an int64
@@ -84,10 +83,10 @@ def _ints(text: str, flag: str, lo: int = 0, hi: int = SEED_MAX) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = _floats(text, flag, lo, what="a whole number")
-        _check(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
+        require(all(v == int(v) for v in values), f"{flag} takes whole numbers (got {text!r})")
         values = [int(v) for v in values]
     for v in values:
-        _check(lo <= v <= hi, f"{flag} must be a whole number between {lo} and {hi} (got {v})")
+        require(lo <= v <= hi, f"{flag} must be a whole number between {lo} and {hi} (got {v})")
     _unique(values, flag)
     return values
 
@@ -100,7 +99,7 @@ def _tokens(text: str | int, flag: str = "--tokens", lo: int = 1) -> int:
         value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
     except ValueError:
         raise SagsaeError(f"{flag} takes a count such as 50M, 200k or 1e6 (got {text!r})") from None
-    _check(
+    require(
         math.isfinite(value) and lo <= value < 1e15, f"{flag} must lie between {lo:,} and 1e15 (got {text!r})"
     )
     return int(value)
@@ -115,7 +114,7 @@ def _auto(text: str, flag: str, parse=float):
         value = parse(float(text)) if parse is int else parse(text)
     except (ValueError, OverflowError):
         raise SagsaeError(f"{flag} takes a number or auto (got {text!r})") from None
-    _check(math.isfinite(value), f"{flag} takes a number or auto (got {text!r})")
+    require(math.isfinite(value), f"{flag} takes a number or auto (got {text!r})")
     return value
 
 

@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sagsae_cli.cli.app import Quiet, _check, _tokens, app, store_app
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.cli.app import Quiet, _tokens, app, store_app
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.progress import console, styled
 
 SYNTH = "Synthetic ground truth (--source synthetic; docs/METHOD.md §7)"
@@ -220,6 +220,6 @@ def store_export(
     """A store's splits as .npy files in a local directory (the way back from `store import`)."""
     from sagsae_cli.importer import export_store
 
-    _check(to == "npy", f"--to {to!r} is not supported: use npy")
+    require(to == "npy", f"--to {to!r} is not supported: use npy")
     for p in export_store(path, out, force=force, quiet=quiet, allow_incomplete=allow_incomplete):
         console.print(f"wrote {p}")

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sagsae_cli.cli.app import AllowMismatch, Device, EvalTokens, Quiet, _check, _tokens, app
-from sagsae_cli.errors import SagsaeError
+from sagsae_cli.cli.app import AllowMismatch, Device, EvalTokens, Quiet, _tokens, app
+from sagsae_cli.errors import SagsaeError, require
 from sagsae_cli.progress import console
 
 
@@ -318,6 +318,6 @@ def _latent_list(text: str) -> list[int]:
             a, b = int(lo), int(hi or lo)
         except ValueError:
             raise SagsaeError(f"--latents takes indices and ranges such as 0-99,512 (got {text!r})") from None
-        _check(0 <= a <= b, f"--latents: {part.strip()!r} is not a range of latent indices")
+        require(0 <= a <= b, f"--latents: {part.strip()!r} is not a range of latent indices")
         out += range(a, b + 1)
     return sorted(set(out))

@@ -23,7 +23,6 @@ from sagsae_cli.cli.app import (
     Tokens,
     TrainDtype,
     _auto,
-    _check,
     _dead_window,
     _floats,
     _ints,
@@ -32,6 +31,7 @@ from sagsae_cli.cli.app import (
     app,
     with_settings,
 )
+from sagsae_cli.errors import require
 from sagsae_cli.progress import console, styled
 from sagsae_cli.registry import ALIASES as VARIANT_ALIASES
 from sagsae_cli.registry import VARIANTS
@@ -111,11 +111,11 @@ def train(
     from sagsae_cli.train import train as run_training
 
     d = open_store(store).d
-    _check(expansion is None or (math.isfinite(expansion) and expansion > 0), "--expansion must be positive")
+    require(expansion is None or (math.isfinite(expansion) and expansion > 0), "--expansion must be positive")
     if width is None:
         width = int(round((expansion or 8) * d))
     seed_list = _ints(seeds, "--seeds")
-    _check(bool(seed_list), "--seeds needs at least one seed")
+    require(bool(seed_list), "--seeds needs at least one seed")
     run_tokens, dead_tokens = _tokens(tokens), _dead_window(dead_window)
     batch, lr = _auto(batch, "--batch", int), _auto(lr, "--lr")
     base = TrainConfig(
