@@ -7,15 +7,23 @@ budget would end where the longer one ends; docs/RESULTS.md's "Convergence" tabl
 
 Arguments come in pairs (shorter budget, longer budget). Per cell and variant, over the runs both
 budgets have: the median and the range of the held-out objective's fall (relative to the longer run's
-value), of the L0 ratio (longer / shorter) and of the R² change.
+value), of the L0 ratio (longer / shorter) and of the R² change; then a check of `sagsae compare`'s
+convergence verdict at the shorter budget against the longer one: how many runs compare called
+converged there (its convergence table, where the shorter results have one) and how many the longer
+budget moved by less than 1% of the objective (the tolerance of compare's objective definition).
+A definition that calls runs converged which the longer budget still moves is too lax.
 """
 
 import sys
+from pathlib import Path
+
+import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.evaluate import read_table
 
 KEYS = ["model", "hook", "variant", "width", "l1", "seed"]
+MOVED = 0.01  # compare's objective tolerance (compare.convergence's objective_tol)
 
 
 def deltas(short: str, long: str):
@@ -23,11 +31,19 @@ def deltas(short: str, long: str):
     j = a[KEYS + ["objective", "r2", "l0", "eval_tokens"]].merge(
         b[KEYS + ["objective", "r2", "l0"]], on=KEYS, suffixes=("_short", "_long")
     )
-    return j.assign(
+    j = j.assign(
         objective_fall=j.objective_short / j.objective_long - 1,
         l0_ratio=j.l0_long / j.l0_short,
         r2_change=j.r2_long - j.r2_short,
     )
+    conv = Path(short) / "compare" / "convergence.parquet"
+    if conv.exists():  # compare's verdict on the shorter runs (finished runs only)
+        c = pd.read_parquet(conv)
+        c = c[c.finished][KEYS + ["converged"]]
+        j = j.merge(c, on=KEYS, how="left")
+    else:
+        j = j.assign(converged=float("nan"))
+    return j
 
 
 def span(s, fmt: str) -> str:
@@ -39,17 +55,20 @@ def main() -> None:
     if not args or len(args) % 2:
         sys.exit(__doc__)
     print(
-        "| model | hook | variant | runs | objective fall, median (range) | L0 longer / shorter | R² change |"
+        "| model | hook | variant | runs | objective fall, median (range) | L0 longer / shorter | R² change "
+        "| converged at the shorter budget (compare) | moved < 1% by the longer |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for short, long in zip(args[::2], args[1::2]):
         try:
             j = deltas(short, long)
         except SagsaeError as e:
             sys.exit(f"error: {e}")  # one line, exit 1 as sys.exit does; the table so far stays printed
         for (model, hook, variant), g in j.groupby(["model", "hook", "variant"]):
+            said = "—" if g.converged.isna().all() else str(int(g.converged.fillna(False).astype(bool).sum()))
             print(f"| {model} | {hook} | {variant} | {len(g)} | {span(g.objective_fall, '.1%')} | "
-                  f"{span(g.l0_ratio, '.2f')} | {span(g.r2_change, '+.3f')} |")  # fmt: skip
+                  f"{span(g.l0_ratio, '.2f')} | {span(g.r2_change, '+.3f')} | {said} | "
+                  f"{int((g.objective_fall.abs() < MOVED).sum())} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -188,7 +188,9 @@ def test_axis_coverage_agrees_with_eval_on_a_synthetic_run(tmp_path):
 
 def test_budget_delta_compares_final_points_of_two_budgets(tmp_path):
     """examples/budget_delta.py on two hand-made results folders: the objective's fall, the L0 ratio and
-    the R² change per cell and variant, over the runs both budgets have (a run in one only is left out)."""
+    the R² change per cell and variant, over the runs both budgets have (a run in one only is left out),
+    and compare's convergence verdict at the shorter budget (finished runs only) beside the runs the
+    longer budget moved by less than 1%."""
     import sys
 
     import pandas as pd
@@ -202,18 +204,30 @@ def test_budget_delta_compares_final_points_of_two_budgets(tmp_path):
         return str(tmp_path / name)
 
     short = results("short", [("sa-gsae", 0.1, 1.2, 0.80, 40.0), ("sa-gsae", 0.2, 2.2, 0.70, 20.0),
-                              ("gated", 0.1, 1.0, 0.85, 30.0)])  # fmt: skip
+                              ("sa-gsae", 0.3, 1.004, 0.90, 50.0), ("gated", 0.1, 1.0, 0.85, 30.0)])  # fmt: skip
     long = results("long", [("sa-gsae", 0.1, 1.0, 0.82, 20.0), ("sa-gsae", 0.2, 2.0, 0.71, 15.0),
-                            ("sa-gsae", 0.4, 3.0, 0.60, 5.0)])  # fmt: skip
+                            ("sa-gsae", 0.3, 1.0, 0.90, 50.0), ("sa-gsae", 0.4, 3.0, 0.60, 5.0)])  # fmt: skip
+    # compare's verdicts at the shorter budget: λ 0.1 converged, λ 0.3 not, λ 0.2 unfinished (not counted)
+    (tmp_path / "short" / "compare").mkdir()
+    pd.DataFrame([{"model": "m", "hook": "mlp_out", "variant": "sa-gsae", "width": 8, "l1": l1, "seed": 0,
+                   "finished": finished, "converged": converged}
+                  for l1, finished, converged in [(0.1, True, True), (0.2, False, True), (0.3, True, False)]]
+                 ).to_parquet(tmp_path / "short" / "compare" / "convergence.parquet")  # fmt: skip
     script = Path(__file__).resolve().parents[1] / "examples" / "budget_delta.py"
-    p = subprocess.run([sys.executable, str(script), short, long], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    rows = [line for line in p.stdout.splitlines() if line.startswith("| m |")]
-    assert len(rows) == 1  # gated is in one budget only
-    cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    # objective falls 20% and 10% (median 15%); L0 ratios 0.5 and 0.75; R² +0.02 and +0.01
-    assert cells[2:] == ["sa-gsae", "2", "15.0% (10.0% to 20.0%)", "0.62 (0.50 to 0.75)",
-                         "+0.015 (+0.010 to +0.020)"]  # fmt: skip
+
+    def row(*folders):
+        p = subprocess.run([sys.executable, str(script), *folders], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows = [line for line in p.stdout.splitlines() if line.startswith("| m |")]
+        assert len(rows) == 1  # gated is in one budget only
+        return [c.strip() for c in rows[0].strip("|").split("|")]
+
+    # objective falls 20%, 10% and 0.4% (median 10%); L0 ratios 0.5, 0.75 and 1; R² +0.02, +0.01 and 0;
+    # compare called one finished run converged (λ 0.1), and the longer budget moved one by < 1% (λ 0.3)
+    assert row(short, long)[2:] == ["sa-gsae", "3", "10.0% (0.4% to 20.0%)", "0.75 (0.50 to 1.00)",
+                                    "+0.010 (+0.000 to +0.020)", "1", "1"]  # fmt: skip
+    # without a convergence table at the shorter budget compare's column reads "—"
+    assert row(long, short)[-2] == "—"
     p = subprocess.run(
         [sys.executable, str(script), short, str(tmp_path / "none")], capture_output=True, text=True
     )
