@@ -232,3 +232,54 @@ def test_budget_delta_compares_final_points_of_two_budgets(tmp_path):
         [sys.executable, str(script), short, str(tmp_path / "none")], capture_output=True, text=True
     )
     assert p.returncode != 0 and "Traceback" not in p.stderr and "none" in p.stderr.strip().splitlines()[-1]
+
+
+def test_verdict_by_budget_lists_one_seeds_verdicts_per_budget(tmp_path):
+    """examples/verdict_by_budget.py on two hand-made results folders (a longer budget given first): one row
+    per cell and budget, in budget order, from compare's per-seed table for the chosen seed only, with the
+    sweep means of L0 and dead fraction of that seed's final points; a folder without a compare table is
+    refused in one line, exit 2."""
+    import sys
+
+    import pandas as pd
+
+    def results(name, tokens, verdicts, finals):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "compare").mkdir()
+        pd.DataFrame([{"model": "m", "hook": "mlp_out", "a": "sa-gsae@8", "b": "gated@16", "seed": seed,
+                       "dominates": dom, "fail_l0": fail, "worst_gap": gap, "dead_cut_at_l0": cut,
+                       "matched_l0": 10.0, "dead_ratio_geomean": ratio}
+                      for seed, dom, fail, gap, cut, ratio in verdicts]).to_parquet(
+            tmp_path / name / "compare" / "compare_seeds.parquet")  # fmt: skip
+        for i, (variant, width, seed, final, l0, dead) in enumerate(finals):
+            pd.DataFrame([{"model": "m", "hook": "mlp_out", "variant": variant, "width": width, "l1": 0.1 * i,
+                           "seed": seed, "final": final, "tokens": tokens, "l0": l0, "dead_frac": dead}]).to_parquet(
+                tmp_path / name / "eval" / f"{i}.parquet")  # fmt: skip
+        return str(tmp_path / name)
+
+    short = results("short", 200_000, [(0, False, 5.0, -0.02, 0.01, 1.5), (1, True, float("nan"), 0.001, 0.2, 9.0)],
+                    [("sa-gsae", 8, 0, True, 40.0, 0.0), ("sa-gsae", 8, 0, True, 20.0, 0.1),
+                     ("sa-gsae", 8, 0, False, 99.0, 0.9),  # a snapshot: not a final point
+                     ("sa-gsae", 8, 1, True, 70.0, 0.5),  # another seed
+                     ("gated", 16, 0, True, 30.0, 0.2)])  # fmt: skip
+    long = results("long", 4_000_000, [(0, True, float("nan"), 0.003, float("nan"), 120.0)],
+                   [("sa-gsae", 8, 0, True, 10.0, 0.0), ("gated", 16, 0, True, 12.0, 0.4)])  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "examples" / "verdict_by_budget.py"
+    p = subprocess.run(
+        [sys.executable, str(script), long, short, "--seed", "0"], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in p.stdout.splitlines()
+        if line.startswith("| m |")
+    ]
+    assert rows == [
+        ["m", "mlp_out", "200k", "no (fails at L0 5)", "-0.0200", "+0.010 at L0 10", "1.5×", "30.0 / 30.0",
+         "0.050 / 0.200"],
+        ["m", "mlp_out", "4M", "yes", "+0.0030", "n/a", "120×", "10.0 / 12.0", "0.000 / 0.400"],
+    ]  # fmt: skip
+    p = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
+    assert (
+        p.returncode == 2 and "Traceback" not in p.stderr and "compare" in p.stderr.strip().splitlines()[-1]
+    )

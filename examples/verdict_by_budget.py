@@ -1,0 +1,72 @@
+"""The paper's criteria per cell at several training budgets, one seed at a time: how the verdict of
+`sagsae compare` moves as the same cells are trained longer. docs/RESULTS.md's "Longer budgets" table
+comes from this.
+
+    python examples/verdict_by_budget.py out/six/gemma3-270m/results out/six/gemma3-270m/results-1m \
+        out/six/gemma3-270m/results-4m --seed 0
+
+Each argument is a results directory on which `sagsae compare` has run. Per cell (model, hook) and
+budget (the tokens per run of its final points), for the one seed: whether SA-half dominates, the worst
+gap, the absolute dead cut at the matched L0 (each budget matches inside its own L0 overlap), the
+sweep-geomean dead ratio, and the sweep means of L0 and of the dead fractions of both sides.
+"""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from sagsae_cli.errors import SagsaeError
+from sagsae_cli.evaluate import read_table
+
+HEAD = ["model", "hook", "tokens per run", "dominates?", "worst gap", "dead cut at matched L0",
+        "dead ratio (geomean)", "L0 SA-half / Gated-full", "dead SA-half / Gated-full"]  # fmt: skip
+
+
+def tokens_label(n: float) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
+def rows(results: Path, seed: int) -> list[list[str]]:
+    seeds = results / "compare" / "compare_seeds.parquet"
+    if not seeds.exists():
+        raise SagsaeError(f"{results} has no compare table: run `sagsae compare --results {results}` first")
+    cmp = pd.read_parquet(seeds)
+    cmp = cmp[cmp.seed == seed]
+    final = read_table(results)
+    final = final[final.final & (final.seed == seed)]
+    out = []
+    for _, r in cmp.sort_values(["model", "hook"]).iterrows():
+        side = {}
+        for name in (r.a, r.b):  # "sa-gsae@576": the variant at its width
+            variant, width = name.split("@")
+            g = final[(final.model == r.model) & (final.hook == r.hook) & (final.variant == variant)
+                      & (final.width == int(width))]  # fmt: skip
+            side[name] = g
+        a, b = side[r.a], side[r.b]
+        cut = f"{r.dead_cut_at_l0:+.3f} at L0 {r.matched_l0:.3g}" if pd.notna(r.dead_cut_at_l0) else "n/a"
+        out.append([r.model, r.hook, tokens_label(pd.concat([a, b]).tokens.median()),
+                    "yes" if r.dominates else f"no (fails at L0 {r.fail_l0:.3g})", f"{r.worst_gap:+.4f}", cut,
+                    f"{r.dead_ratio_geomean:.3g}×", f"{a.l0.mean():.1f} / {b.l0.mean():.1f}",
+                    f"{a.dead_frac.mean():.3f} / {b.dead_frac.mean():.3f}"])  # fmt: skip
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="results directories `sagsae compare` has run on")
+    p.add_argument("--seed", type=int, default=0, help="the seed whose verdicts are shown (default 0)")
+    args = p.parse_args()
+    try:
+        table = [row for results in args.results for row in rows(results, args.seed)]
+    except SagsaeError as e:
+        p.exit(2, f"error: {e}\n")
+    table.sort(key=lambda row: (row[0], row[1], float(row[2][:-1]) * (1e6 if row[2][-1] == "M" else 1e3)))
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
