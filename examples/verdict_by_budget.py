@@ -18,16 +18,14 @@ import pandas as pd
 
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.evaluate import read_table
+from sagsae_cli.plots import tokens_label
 
 HEAD = ["model", "hook", "tokens per run", "dominates?", "worst gap", "dead cut at matched L0",
         "dead ratio (geomean)", "L0 SA-half / Gated-full", "dead SA-half / Gated-full"]  # fmt: skip
 
 
-def tokens_label(n: float) -> str:
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
-
-
-def rows(results: Path, seed: int) -> list[list[str]]:
+def rows(results: Path, seed: int) -> list[tuple[float, list[str]]]:
+    """(tokens per run, table row) per cell of one results directory, for ``seed``."""
     seeds = results / "compare" / "compare_seeds.parquet"
     if not seeds.exists():
         raise SagsaeError(f"{results} has no compare table: run `sagsae compare --results {results}` first")
@@ -45,10 +43,11 @@ def rows(results: Path, seed: int) -> list[list[str]]:
             side[name] = g
         a, b = side[r.a], side[r.b]
         cut = f"{r.dead_cut_at_l0:+.3f} at L0 {r.matched_l0:.3g}" if pd.notna(r.dead_cut_at_l0) else "n/a"
-        out.append([r.model, r.hook, tokens_label(pd.concat([a, b]).tokens.median()),
+        tokens = float(pd.concat([a, b]).tokens.median())
+        out.append((tokens, [r.model, r.hook, tokens_label(tokens),
                     "yes" if r.dominates else f"no (fails at L0 {r.fail_l0:.3g})", f"{r.worst_gap:+.4f}", cut,
                     f"{r.dead_ratio_geomean:.3g}×", f"{a.l0.mean():.1f} / {b.l0.mean():.1f}",
-                    f"{a.dead_frac.mean():.3f} / {b.dead_frac.mean():.3f}"])  # fmt: skip
+                    f"{a.dead_frac.mean():.3f} / {b.dead_frac.mean():.3f}"]))  # fmt: skip
     return out
 
 
@@ -61,10 +60,10 @@ def main() -> None:
         table = [row for results in args.results for row in rows(results, args.seed)]
     except SagsaeError as e:
         p.exit(2, f"error: {e}\n")
-    table.sort(key=lambda row: (row[0], row[1], float(row[2][:-1]) * (1e6 if row[2][-1] == "M" else 1e3)))
+    table.sort(key=lambda item: (item[1][0], item[1][1], item[0]))  # model, hook, budget
     print("| " + " | ".join(HEAD) + " |")
     print("|" + "---|" * len(HEAD))
-    for row in table:
+    for _, row in table:
         print("| " + " | ".join(row) + " |")
 
 

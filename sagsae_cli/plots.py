@@ -314,6 +314,60 @@ def plot_convergence(results: str | Path, out: str | Path) -> list[Path]:
     return _save(fig, Path(out), "convergence")
 
 
+def tokens_label(n: float) -> str:
+    """A token count as a budget is written on the command line: 500, 200k, 1M, 2.5M."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:.3g}"
+
+
+def plot_budgets(results: list[str | Path], out: str | Path, seed: int | None = None) -> list[Path]:
+    """The same cells trained at several budgets, one results directory each: per cell, R² against L0 of
+    every (variant, width) at every budget (final points; seed means, or one ``seed``), shortest budget
+    palest, and the worst gap per budget (compare's table, where the directory has one) in the title."""
+    from sagsae_cli.compare import seed_means
+    from sagsae_cli.evaluate import read_table
+
+    if len(results) < 2:
+        raise SagsaeError("plot budgets compares budgets: give --results once per budget, at least twice")
+    frames, gaps = [], {}
+    for r in results:
+        table = read_table(r)
+        table = table[table.final] if "final" in table else table
+        if seed is not None:
+            table = table[table.seed == seed]
+            if table.empty:
+                raise SagsaeError(f"{r} has no final point of seed {seed}: choose a seed every budget has")
+        tokens = float(table.tokens.median())
+        frames.append(seed_means(table).assign(budget=tokens))
+        name = "compare_seeds" if seed is not None else "compare"
+        verdicts = _maybe(Path(r) / "compare" / f"{name}.parquet")
+        if verdicts is not None:
+            if seed is not None:
+                verdicts = verdicts[verdicts.seed == seed]
+            for _, v in verdicts.iterrows():
+                gaps.setdefault((v.model, v.hook), []).append((tokens, v.worst_gap))
+    points = pd.concat(frames, ignore_index=True)
+    budgets = sorted(points.budget.unique())
+    shade = dict(zip(budgets, np.linspace(0.3, 1.0, len(budgets))))
+    fig, panels = _cells(points)
+    for ax, ((model, hook), cell) in panels:
+        for (variant, width, budget), grp in cell.groupby(["variant", "width", "budget"]):
+            grp = grp.sort_values("l0")
+            ax.plot(grp.l0, grp.r2, "o" + _width_style(cell, variant, width), color=COLORS.get(variant),
+                    alpha=shade[budget], lw=1.8, ms=4,
+                    label=f"{LABELS.get(variant, variant)}, width {width}, {tokens_label(budget)}")  # fmt: skip
+        _log_l0_axis(ax)
+        ax.set_xlabel("L0 (active latents per token, log scale)")
+        ax.set_ylabel("R² (fraction of variance explained)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        trail = ", ".join(f"{tokens_label(t)} {g:+.4f}" for t, g in sorted(gaps.get((model, hook), [])))
+        ax.set_title(f"{model} · {hook}" + (f"\nworst gap: {trail}" if trail else ""), fontsize=9)
+    who = f"seed {seed}" if seed is not None else "seed means"
+    fig.suptitle(f"Reconstruction against sparsity at {len(budgets)} training budgets ({who}; palest = fewest tokens)",
+                 y=1.04)  # fmt: skip
+    return _save(fig, Path(out), "budgets")
+
+
 def _maybe(path: Path) -> pd.DataFrame | None:
     return (
         read_parquet(path, "rerun the command that wrote it (`sagsae compare` or `sagsae eval`)")

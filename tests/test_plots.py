@@ -169,7 +169,11 @@ def test_unknown_plot_and_empty_table(results, tmp_path):
     from sagsae_cli.cli import PLOT_NAMES
     from sagsae_cli.plots import PLOTS
 
-    assert set(PLOT_NAMES) == {*PLOTS, "training"}  # the help and the error list exactly the registry
+    assert set(PLOT_NAMES) == {
+        *PLOTS,
+        "training",
+        "budgets",
+    }  # the help and the error list exactly the registry
     p = run_cli("plot", "violin", "--results", results, check=2)
     assert "unknown plot 'violin'" in p.stderr and all(n in p.stderr for n in PLOT_NAMES)
     p = run_cli("plot", "pareto", "--results", tmp_path / "nothing", check=2)
@@ -235,3 +239,59 @@ def test_l0_axis_labels_at_least_three_ticks(lo, hi):
     ]
     plt.close(fig)
     assert len(labelled) >= 3, labelled
+
+
+def test_plot_budgets_draws_each_budget_of_one_seed(results, tmp_path, monkeypatch):
+    """plot budgets over two results folders (the fixture, and a copy "trained longer": tokens ×10, R² + 0.05
+    for the Gated SAE and + 0.01 for SA-GSAE, so the two budgets' worst gaps differ):
+    per cell one line per (variant, width, budget) through that budget's final points of the chosen seed,
+    the shorter budget paler, and the worst gap of each budget (compare's per-seed table) in the title;
+    from the command line, a figure; one folder only, or a seed a budget lacks, is refused (exit 2)."""
+    import shutil
+
+    import sagsae_cli.plots as plots
+
+    longer = tmp_path / "longer"
+    shutil.copytree(results, longer)
+    for f in (longer / "eval").glob("*.parquet"):
+        t = pd.read_parquet(f)
+        t.assign(tokens=t.tokens * 10, r2=t.r2 + t.variant.map({"gated": 0.05, "sa-gsae": 0.01})).to_parquet(
+            f
+        )
+    for r in (results, longer):
+        run_cli("compare", "--results", r, "--matched-l0", 20, check=0)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: figures.append(fig) or [])
+    plots.plot_budgets([longer, results], tmp_path / "fig", seed=1)
+    (fig,) = figures
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2  # two cells
+    for ax in axes:
+        hook = ax.get_title().split("\n")[0].split(" · ")[1]
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert len(lines) == 4  # (sa-gsae@8, gated@16) × (300, 3k tokens)
+        for variant, width, label, gain_longer in (
+            ("sa-gsae", 8, "SA-GSAE", 0.01),
+            ("gated", 16, "Gated SAE", 0.05),
+        ):
+            for tokens, gain in ((300, 0.0), (3000, gain_longer)):
+                (line,) = [v for k, v in lines.items() if k.startswith(label) and f"width {width}," in k
+                           and k.endswith(f", {plots.tokens_label(tokens)}")]  # fmt: skip
+                want = pd.read_parquet(results / "eval", filters=None)
+                want = want[(want.hook == hook) & (want.variant == variant) & (want.seed == 1)].sort_values(
+                    "l0"
+                )
+                assert line.get_xdata().tolist() == pytest.approx(want.l0.tolist())
+                assert line.get_ydata().tolist() == pytest.approx((want.r2 + gain).tolist())
+                assert line.get_alpha() == pytest.approx(0.3 if tokens == 300 else 1.0)
+        gap = {}
+        for r in (results, longer):
+            g = pd.read_parquet(r / "compare" / "compare_seeds.parquet")
+            gap[r] = g[(g.hook == hook) & (g.seed == 1)].worst_gap.iloc[0]
+        assert gap[longer] < gap[results] - 0.01  # the longer copy's Gated SAE gained more
+        assert ax.get_title().split("\n")[1] == f"worst gap: 300 {gap[results]:+.4f}, 3k {gap[longer]:+.4f}"
+    run_cli("plot", "budgets", "--results", results, "--results", longer, "--out", tmp_path / "cli", check=0)
+    assert non_blank(tmp_path / "cli" / "budgets.png")
+    for args in (["--results", results], ["--results", results, "--results", longer, "--seed", 5]):
+        p = run_cli("plot", "budgets", *args, "--out", tmp_path / "bad", check=2)
+        assert "Traceback" not in p.stderr and not (tmp_path / "bad" / "budgets.png").exists()

@@ -244,25 +244,34 @@ def _print_convergence(conv, gaps) -> None:
         console.print(f"worst gap by tokens, {model} {hook}: {trail}")
 
 
-# the figures `plot` draws (plots.PLOTS + training); kept here so --help does not import matplotlib,
-# and checked against plots.PLOTS by tests/test_plots.py
-PLOT_NAMES = ("pareto", "dead", "census", "ablation", "convergence", "training")
+# the figures `plot` draws (plots.PLOTS + training and budgets); kept here so --help does not import
+# matplotlib, and checked against plots.PLOTS by tests/test_plots.py
+PLOT_NAMES = ("pareto", "dead", "census", "ablation", "convergence", "training", "budgets")
 
 
 @app.command()
 def plot(
     name: str = typer.Argument(..., help=f"One of: {', '.join(PLOT_NAMES)}."),
-    results: str = typer.Option("results", help="Results directory (tables from eval / compare / ablate)."),
+    results: list[str] = typer.Option(
+        ["results"],
+        help="Results directory (tables from eval / compare / ablate); budgets: one per budget (repeat the flag).",
+    ),
     runs: list[str] = typer.Option(None, "--run", help="training: run directories (repeat the flag)."),
+    seed: Optional[int] = typer.Option(None, help="budgets: this seed's points (default: seed means)."),
     out: str = typer.Option("figures", help="Directory for the PNG and PDF files."),
 ) -> None:
-    """Draw a figure from the result tables (PNG + PDF)."""
-    from sagsae_cli.plots import PLOTS, plot_training
+    """Draw a figure from the result tables (PNG + PDF).
+
+    budgets: the same cells at several training budgets (`--results` once per budget), R² against L0 per budget."""
+    from sagsae_cli.plots import PLOTS, plot_budgets, plot_training
 
     if name == "training":
         paths = plot_training(runs or [], out)
+    elif name == "budgets":
+        paths = plot_budgets(results, out, seed)
     elif name in PLOTS:
-        paths = PLOTS[name](results, out)
+        require(len(results) == 1, f"plot {name} draws one results directory: give --results once")
+        paths = PLOTS[name](results[0], out)
     else:
         raise SagsaeError(f"unknown plot {name!r}: choose one of {', '.join(PLOT_NAMES)}")
     console.print("wrote " + ", ".join(str(p) for p in paths))
