@@ -73,10 +73,15 @@ def _series(ax, cell: pd.DataFrame, y: str, band: tuple[str, str] | None = None)
         )
         if band and (grp.seeds > 1).any():
             ax.fill_between(grp.l0, grp[band[0]], grp[band[1]], color=color, alpha=0.2, lw=0)
+    _l0_panel(ax)
+
+
+def _l0_panel(ax, legend_size: int = 8) -> None:
+    """The L0 axis, grid and legend of a panel drawn against L0."""
     _log_l0_axis(ax)
     ax.set_xlabel("L0 (active latents per token, log scale)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
 
 
 def plot_pareto(results: str | Path, out: str | Path) -> list[Path]:
@@ -337,6 +342,10 @@ def plot_budgets(results: list[str | Path], out: str | Path, seed: int | None = 
             if table.empty:
                 raise SagsaeError(f"{r} has no final point of seed {seed}: choose a seed every budget has")
         tokens = float(table.tokens.median())
+        if any(f.budget.iloc[0] == tokens for f in frames):
+            raise SagsaeError(
+                f"two results directories at {tokens_label(tokens)} tokens per run: give one per budget"
+            )
         frames.append(seed_means(table).assign(budget=tokens))
         name = "compare_seeds" if seed is not None else "compare"
         verdicts = _maybe(Path(r) / "compare" / f"{name}.parquet")
@@ -355,11 +364,8 @@ def plot_budgets(results: list[str | Path], out: str | Path, seed: int | None = 
             ax.plot(grp.l0, grp.r2, "o" + _width_style(cell, variant, width), color=COLORS.get(variant),
                     alpha=shade[budget], lw=1.8, ms=4,
                     label=f"{LABELS.get(variant, variant)}, width {width}, {tokens_label(budget)}")  # fmt: skip
-        _log_l0_axis(ax)
-        ax.set_xlabel("L0 (active latents per token, log scale)")
+        _l0_panel(ax, legend_size=7)
         ax.set_ylabel("R² (fraction of variance explained)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
         trail = ", ".join(f"{tokens_label(t)} {g:+.4f}" for t, g in sorted(gaps.get((model, hook), [])))
         ax.set_title(f"{model} · {hook}" + (f"\nworst gap: {trail}" if trail else ""), fontsize=9)
     who = f"seed {seed}" if seed is not None else "seed means"

@@ -246,7 +246,8 @@ def test_plot_budgets_draws_each_budget_of_one_seed(results, tmp_path, monkeypat
     for the Gated SAE and + 0.01 for SA-GSAE, so the two budgets' worst gaps differ):
     per cell one line per (variant, width, budget) through that budget's final points of the chosen seed,
     the shorter budget paler, and the worst gap of each budget (compare's per-seed table) in the title;
-    from the command line, a figure; one folder only, or a seed a budget lacks, is refused (exit 2)."""
+    from the command line, a figure; one folder only, two at one budget, or a seed a budget lacks, is
+    refused (exit 2)."""
     import shutil
 
     import sagsae_cli.plots as plots
@@ -292,6 +293,7 @@ def test_plot_budgets_draws_each_budget_of_one_seed(results, tmp_path, monkeypat
         assert ax.get_title().split("\n")[1] == f"worst gap: 300 {gap[results]:+.4f}, 3k {gap[longer]:+.4f}"
     run_cli("plot", "budgets", "--results", results, "--results", longer, "--out", tmp_path / "cli", check=0)
     assert non_blank(tmp_path / "cli" / "budgets.png")
-    for args in (["--results", results], ["--results", results, "--results", longer, "--seed", 5]):
+    for args in (["--results", results], ["--results", results, "--results", results],
+                 ["--results", results, "--results", longer, "--seed", 5]):  # fmt: skip
         p = run_cli("plot", "budgets", *args, "--out", tmp_path / "bad", check=2)
         assert "Traceback" not in p.stderr and not (tmp_path / "bad" / "budgets.png").exists()
