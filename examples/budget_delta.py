@@ -37,13 +37,10 @@ def deltas(short: str, long: str):
         r2_change=j.r2_long - j.r2_short,
     )
     conv = Path(short) / "compare" / "convergence.parquet"
-    if conv.exists():  # compare's verdict on the shorter runs (finished runs only)
-        c = pd.read_parquet(conv)
-        c = c[c.finished][KEYS + ["converged"]]
-        j = j.merge(c, on=KEYS, how="left")
-    else:
-        j = j.assign(converged=float("nan"))
-    return j
+    c = pd.read_parquet(conv) if conv.exists() else pd.DataFrame()
+    if "converged" not in c:  # no compare at the shorter budget (or an empty table): "—"
+        return j.assign(converged=float("nan"))
+    return j.merge(c[c.finished][KEYS + ["converged"]], on=KEYS, how="left")  # finished runs only
 
 
 def span(s, fmt: str) -> str:

@@ -31,6 +31,8 @@ def rows(results: Path, seed: int) -> list[tuple[float, list[str]]]:
         raise SagsaeError(f"{results} has no compare table: run `sagsae compare --results {results}` first")
     cmp = pd.read_parquet(seeds)
     cmp = cmp[cmp.seed == seed]
+    if cmp.empty:
+        raise SagsaeError(f"{results} has no verdict for seed {seed}: choose a seed it was trained with")
     final = read_table(results)
     final = final[final.final & (final.seed == seed)]
     out = []

@@ -237,8 +237,8 @@ def test_budget_delta_compares_final_points_of_two_budgets(tmp_path):
 def test_verdict_by_budget_lists_one_seeds_verdicts_per_budget(tmp_path):
     """examples/verdict_by_budget.py on two hand-made results folders (a longer budget given first): one row
     per cell and budget, in budget order, from compare's per-seed table for the chosen seed only, with the
-    sweep means of L0 and dead fraction of that seed's final points; a folder without a compare table is
-    refused in one line, exit 2."""
+    sweep means of L0 and dead fraction of that seed's final points; a folder without a compare table, or
+    without a verdict for the seed, is refused in one line, exit 2."""
     import sys
 
     import pandas as pd
@@ -279,7 +279,6 @@ def test_verdict_by_budget_lists_one_seeds_verdicts_per_budget(tmp_path):
          "0.050 / 0.200"],
         ["m", "mlp_out", "4M", "yes", "+0.0030", "n/a", "120×", "10.0 / 12.0", "0.000 / 0.400"],
     ]  # fmt: skip
-    p = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
-    assert (
-        p.returncode == 2 and "Traceback" not in p.stderr and "compare" in p.stderr.strip().splitlines()[-1]
-    )
+    for args, word in (([str(tmp_path / "none")], "compare"), ([long, "--seed", "1"], "seed 1")):
+        p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+        assert p.returncode == 2 and "Traceback" not in p.stderr and word in p.stderr.strip().splitlines()[-1]
