@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sagsae_cli.compare import OBJECTIVE_TOL
 from sagsae_cli.errors import SagsaeError
 from sagsae_cli.evaluate import read_table
 
 KEYS = ["model", "hook", "variant", "width", "l1", "seed"]
-MOVED = 0.01  # compare's objective tolerance (compare.convergence's objective_tol)
 
 
 def deltas(short: str, long: str):
@@ -65,7 +65,7 @@ def main() -> None:
             said = "—" if g.converged.isna().all() else str(int(g.converged.fillna(False).astype(bool).sum()))
             print(f"| {model} | {hook} | {variant} | {len(g)} | {span(g.objective_fall, '.1%')} | "
                   f"{span(g.l0_ratio, '.2f')} | {span(g.r2_change, '+.3f')} | {said} | "
-                  f"{int((g.objective_fall.abs() < MOVED).sum())} |")  # fmt: skip
+                  f"{int((g.objective_fall.abs() < OBJECTIVE_TOL).sum())} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The paper's criteria per cell at several training budgets, one seed at a time: how the verdict of
-`sagsae compare` moves as the same cells are trained longer. docs/RESULTS.md's "Longer budgets" table
+`sagsae compare` moves as the same cells are trained longer. docs/RESULTS.md's "Four times longer" table
 comes from this.
 
     python examples/verdict_by_budget.py out/six/gemma3-270m/results out/six/gemma3-270m/results-1m \
@@ -37,13 +37,10 @@ def rows(results: Path, seed: int) -> list[tuple[float, list[str]]]:
     final = final[final.final & (final.seed == seed)]
     out = []
     for _, r in cmp.sort_values(["model", "hook"]).iterrows():
-        side = {}
-        for name in (r.a, r.b):  # "sa-gsae@576": the variant at its width
-            variant, width = name.split("@")
-            g = final[(final.model == r.model) & (final.hook == r.hook) & (final.variant == variant)
-                      & (final.width == int(width))]  # fmt: skip
-            side[name] = g
-        a, b = side[r.a], side[r.b]
+        cell = final[(final.model == r.model) & (final.hook == r.hook)]
+        a, b = (
+            cell[(cell.variant + "@" + cell.width.astype(str)) == name] for name in (r.a, r.b)
+        )  # "sa-gsae@576"
         cut = f"{r.dead_cut_at_l0:+.3f} at L0 {r.matched_l0:.3g}" if pd.notna(r.dead_cut_at_l0) else "n/a"
         tokens = float(pd.concat([a, b]).tokens.median())
         out.append((tokens, [r.model, r.hook, tokens_label(tokens),

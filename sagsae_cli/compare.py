@@ -194,8 +194,11 @@ def _history(checkpoints: pd.DataFrame, final: pd.DataFrame | None) -> pd.DataFr
     return rows[rows.run_dir.isin(checkpoints.run_dir)].sort_values(["run_dir", "tokens"])
 
 
+OBJECTIVE_TOL = 0.01  # tokens_to_objective's tolerance: the objective within 1% of its final value
+
+
 def convergence(checkpoints: pd.DataFrame, final: pd.DataFrame | None = None, r2_tol: float = 0.005,
-                l0_tol: float = 0.1, objective_tol: float = 0.01) -> pd.DataFrame:  # fmt: skip
+                l0_tol: float = 0.1, objective_tol: float = OBJECTIVE_TOL) -> pd.DataFrame:  # fmt: skip
     """Per run: tokens to converge (held-out R² within ``r2_tol`` of its final value and L0 within
     ``l0_tol`` of its final one from then on; ``metrics.tokens_to_converge``), with the final point,
     and ``tokens_on_frontier``: from when on the run stays on the final frontier of its sweep (the
